@@ -1,0 +1,49 @@
+"""Control-plane activities: placement and the platform's own storage."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.storage import sync
+from activities.storage.clients import S3Clients
+from activities.storage.errors import StorageError
+from domain import activity_names as A
+from domain import codes
+from domain.config import Settings
+from domain.ids import host_task_queue
+from domain.messages import DeleteWorkspaceInput, PlaceInput, Placement
+
+
+class ControlActivities:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._s3 = S3Clients(settings)
+
+    def activities(self) -> list:
+        return [self.place_notebook, self.delete_workspace]
+
+    @activity.defn(name=A.PLACE)
+    async def place_notebook(self, inp: PlaceInput) -> Placement:
+        # One host for now; capacity-aware placement across a fleet replaces this.
+        if inp.resources.flavor not in self._settings.flavors:
+            raise ApplicationError(
+                f"flavor {inp.resources.flavor!r} is not offered",
+                type=codes.LAUNCH_FAILED,
+                non_retryable=True,
+            )
+        host = self._settings.hosts[0]
+        return Placement(host=host, task_queue=host_task_queue(host))
+
+    @activity.defn(name=A.DELETE_WORKSPACE)
+    async def delete_workspace(self, inp: DeleteWorkspaceInput) -> int:
+        run = functools.partial(sync.delete_prefix, self._s3.platform(), inp.bucket, inp.prefix)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, run)
+        except StorageError as err:
+            if "NoSuchBucket" in str(err) or "does not exist" in str(err):
+                return 0
+            raise ApplicationError(str(err), type=codes.STORAGE_UNAVAILABLE) from err

@@ -1,0 +1,398 @@
+"""Activities that run on a notebook's host, through its own task queue.
+
+Each is idempotent: containers are found by their deterministic name, syncs skip what
+is already in place, removals treat "not there" as done. Blocking calls (Docker, boto3)
+run in a thread pool; long ones heartbeat so cancellation and host loss are noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.runtime.base import (
+    ContainerRuntime,
+    ImageNotFound,
+    LaunchSpec,
+    Mount,
+    RuntimeUnavailable,
+)
+from activities.storage import sync
+from activities.storage.clients import S3Clients, ensure_bucket
+from activities.storage.errors import (
+    StorageAccessError,
+    StorageError,
+    StorageUnavailableError,
+    SyncCancelled,
+)
+from domain import activity_names as A
+from domain import codes
+from domain.config import Settings
+from domain.messages import (
+    LaunchInput,
+    LaunchResult,
+    NotebookRef,
+    ReadyInput,
+    StopContainerInput,
+    StopContainerResult,
+    SyncResult,
+    VolumeSyncInput,
+    WatchResult,
+    WorkspaceSyncInput,
+)
+from domain.spec import WORKSPACE, Permission
+from domain.status import SyncProgress, SyncState
+from domain.tokens import editor_token
+
+POLL_S = 1.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class NotebookPaths:
+    """Where a notebook's data lives on this host."""
+
+    def __init__(self, root: Path, notebook_id: str) -> None:
+        self.root = root / notebook_id
+        self.workspace = self.root / "workspace"
+        self.volumes = self.root / "volumes"
+
+    def volume(self, index: int) -> Path:
+        return self.volumes / str(index)
+
+
+class HostActivities:
+    def __init__(self, settings: Settings, runtime: ContainerRuntime) -> None:
+        self._settings = settings
+        self._runtime = runtime
+        self._s3 = S3Clients(settings)
+        self._notebooks_dir = (
+            settings.data_dir / "hosts" / settings.host_name / "notebooks"
+        ).resolve()
+        self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="host-activity")
+        self._port_lock = threading.Lock()
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [
+            self.pull_volume,
+            self.push_volume,
+            self.restore_workspace,
+            self.save_workspace,
+            self.launch_container,
+            self.wait_editor_ready,
+            self.watch_container,
+            self.stop_container,
+            self.remove_local_data,
+        ]
+
+    def paths(self, notebook_id: str) -> NotebookPaths:
+        return NotebookPaths(self._notebooks_dir, notebook_id)
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    # ------------------------------------------------------------------- data
+
+    async def _sync(
+        self, direction: str, what: str, run: Callable[..., sync.SyncStats]
+    ) -> SyncResult:
+        """Run a blocking sync, heartbeating its progress; a cancel stops it between files."""
+        started = _now()
+        stop = threading.Event()
+        latest: list[sync.SyncStats] = [sync.SyncStats()]
+
+        def progress(stats: sync.SyncStats) -> None:
+            latest[0] = dataclasses.replace(stats)
+
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(run, progress=progress, should_stop=stop.is_set)
+        )
+        try:
+            while True:
+                activity.heartbeat({"what": what, **dataclasses.asdict(latest[0])})
+                done, _ = await asyncio.wait({future}, timeout=POLL_S)
+                if done:
+                    break
+            stats = future.result()
+        except asyncio.CancelledError:
+            stop.set()
+            try:
+                await asyncio.shield(future)
+            except StorageError:
+                pass
+            raise
+        except SyncCancelled as err:
+            raise asyncio.CancelledError() from err
+        except StorageAccessError as err:
+            raise ApplicationError(
+                f"{what}: {err}", type=codes.DATA_SYNC_FAILED, non_retryable=True
+            ) from err
+        except (StorageUnavailableError, StorageError) as err:
+            raise ApplicationError(f"{what}: {err}", type=codes.STORAGE_UNAVAILABLE) from err
+        return SyncResult(
+            progress=SyncProgress(
+                direction=direction,
+                state=SyncState.DONE,
+                started_at=started,
+                ended_at=_now(),
+                **dataclasses.asdict(stats),
+            )
+        )
+
+    def _volume_client(self, alias: str, what: str):
+        try:
+            return self._s3.get(alias)
+        except KeyError as err:
+            raise ApplicationError(
+                f"{what}: {err.args[0]}", type=codes.DATA_SYNC_FAILED, non_retryable=True
+            ) from None
+
+    @staticmethod
+    def _describe(inp: VolumeSyncInput) -> str:
+        v = inp.volume
+        source = f"{v.bucket}@{v.alias}" + (f"/{v.prefix}" if v.prefix else "")
+        return f"volume {v.mount_path} ({source})"
+
+    @activity.defn(name=A.PULL_VOLUME)
+    async def pull_volume(self, inp: VolumeSyncInput) -> SyncResult:
+        what = self._describe(inp)
+        s3 = self._volume_client(inp.volume.alias, what)
+        local = self.paths(inp.ref.notebook_id).volume(inp.index)
+        local.mkdir(parents=True, exist_ok=True)
+        return await self._sync(
+            "pull",
+            what,
+            functools.partial(
+                sync.pull, s3, inp.volume.bucket, inp.volume.prefix, local, delete=True
+            ),
+        )
+
+    @activity.defn(name=A.PUSH_VOLUME)
+    async def push_volume(self, inp: VolumeSyncInput) -> SyncResult:
+        what = self._describe(inp)
+        s3 = self._volume_client(inp.volume.alias, what)
+        local = self.paths(inp.ref.notebook_id).volume(inp.index)
+        if not local.is_dir():
+            # Already pushed and cleaned up by an earlier attempt: nothing left to lose.
+            return SyncResult(progress=SyncProgress(direction="push", state=SyncState.DONE))
+        return await self._sync(
+            "push",
+            what,
+            functools.partial(
+                sync.push,
+                s3,
+                local,
+                inp.volume.bucket,
+                inp.volume.prefix,
+                delete=inp.volume.permission == Permission.RWD,
+            ),
+        )
+
+    @activity.defn(name=A.RESTORE_WORKSPACE)
+    async def restore_workspace(self, inp: WorkspaceSyncInput) -> SyncResult:
+        local = self.paths(inp.ref.notebook_id).workspace
+        local.mkdir(parents=True, exist_ok=True)
+        return await self._sync(
+            "pull",
+            "workspace",
+            functools.partial(
+                sync.pull, self._s3.platform(), inp.bucket, inp.prefix, local, delete=True
+            ),
+        )
+
+    @activity.defn(name=A.SAVE_WORKSPACE)
+    async def save_workspace(self, inp: WorkspaceSyncInput) -> SyncResult:
+        local = self.paths(inp.ref.notebook_id).workspace
+        if not local.is_dir():
+            return SyncResult(progress=SyncProgress(direction="push", state=SyncState.DONE))
+        s3 = self._s3.platform()
+        try:
+            await self._blocking(ensure_bucket, s3, inp.bucket)
+        except Exception as err:
+            raise ApplicationError(
+                f"workspace: the platform bucket {inp.bucket} cannot be reached: {err}",
+                type=codes.STORAGE_UNAVAILABLE,
+            ) from err
+        return await self._sync(
+            "push",
+            "workspace",
+            functools.partial(
+                sync.push, s3, local, inp.bucket, inp.prefix, delete=True, exclude=inp.exclude
+            ),
+        )
+
+    @activity.defn(name=A.REMOVE_LOCAL_DATA)
+    async def remove_local_data(self, ref: NotebookRef) -> None:
+        root = self.paths(ref.notebook_id).root
+        await self._blocking(shutil.rmtree, root, ignore_errors=True)
+
+    # -------------------------------------------------------------- container
+
+    def _launch_spec(self, inp: LaunchInput, port: int) -> LaunchSpec:
+        spec = inp.spec
+        paths = self.paths(inp.ref.notebook_id)
+        paths.workspace.mkdir(parents=True, exist_ok=True)
+        mounts = [Mount(source=paths.workspace, target=WORKSPACE)]
+        for index, volume in enumerate(spec.volumes):
+            source = paths.volume(index)
+            source.mkdir(parents=True, exist_ok=True)
+            mounts.append(
+                Mount(
+                    source=source,
+                    target=volume.mount_path,
+                    read_only=volume.permission == Permission.RO,
+                )
+            )
+        flavor = self._settings.flavors.get(spec.resources.flavor)
+        if flavor is None:
+            raise ApplicationError(
+                f"flavor {spec.resources.flavor!r} is not offered by host {self._settings.host_name}",
+                type=codes.LAUNCH_FAILED,
+                non_retryable=True,
+            )
+        units = spec.resources.units
+        # Until placement accounts for capacity, never ask the engine for more than the host has.
+        cpus = min(units * flavor.cpu_per_unit, float(os.cpu_count() or 1))
+        host_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory = min(int(units * flavor.memory_gib_per_unit * 2**30), host_memory)
+        token = (
+            ""
+            if spec.unsecure_http
+            else editor_token(self._settings.token_secret.get_secret_value(), inp.ref.notebook_id)
+        )
+        env = {
+            **spec.env_vars,
+            "AINB_EDITOR_HOST": self._settings.host_address,
+            "AINB_EDITOR_PORT": str(port),
+            "AINB_EDITOR_TOKEN": token,
+            "AINB_NOTEBOOK_ID": inp.ref.notebook_id,
+            "AINB_PROJECT": inp.ref.project,
+        }
+        return LaunchSpec(
+            notebook_id=inp.ref.notebook_id,
+            project=inp.ref.project,
+            image=inp.image,
+            port=port,
+            env=env,
+            mounts=mounts,
+            workspace=paths.workspace,
+            cpus=cpus,
+            memory_bytes=memory,
+            gpus=spec.resources.gpu or 0,
+        )
+
+    def _free_port(self) -> int:
+        """The first port from editor_port_start that nothing listens on."""
+        port = self._settings.editor_port_start
+        while port < 65535:
+            with socket.socket() as s:
+                try:
+                    s.bind((self._settings.host_address, port))
+                    return port
+                except OSError:
+                    port += 1
+        raise ApplicationError("no free port for the editor", type=codes.LAUNCH_FAILED)
+
+    def _launch(self, inp: LaunchInput) -> LaunchResult:
+        with self._port_lock:
+            existing = self._runtime.poll(inp.ref.notebook_id)
+            if existing is not None and existing.running and existing.port:
+                port = existing.port
+            else:
+                port = self._free_port()
+            state = self._runtime.start(self._launch_spec(inp, port))
+        return LaunchResult(
+            container=state.name,
+            url=f"http://{self._settings.host_address}:{state.port or port}/lab",
+            port=state.port or port,
+            started_at=_now(),
+        )
+
+    @activity.defn(name=A.LAUNCH_CONTAINER)
+    async def launch_container(self, inp: LaunchInput) -> LaunchResult:
+        try:
+            return await self._blocking(self._launch, inp)
+        except ImageNotFound as err:
+            raise ApplicationError(
+                str(err), type=codes.IMAGE_NOT_FOUND, non_retryable=True
+            ) from err
+        except RuntimeUnavailable as err:
+            raise ApplicationError(str(err), type=codes.ENGINE_UNAVAILABLE) from err
+
+    @activity.defn(name=A.WAIT_EDITOR_READY)
+    async def wait_editor_ready(self, inp: ReadyInput) -> None:
+        url = f"http://{self._settings.host_address}:{inp.port}/api/status"
+        deadline = asyncio.get_running_loop().time() + inp.timeout_s
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            while True:
+                activity.heartbeat()
+                try:
+                    # Any HTTP answer means the editor serves; 403 is a protected one.
+                    response = await http.get(url)
+                    if response.status_code in (200, 403):
+                        return
+                except httpx.TransportError:
+                    pass
+                state = await self._blocking(self._runtime.poll, inp.ref.notebook_id)
+                if state is None or not state.running:
+                    logs = await self._blocking(self._runtime.logs, inp.ref.notebook_id, 20)
+                    code = state.exit_code if state else None
+                    raise ApplicationError(
+                        f"the editor exited while starting (exit code {code}); last output:\n{logs}",
+                        type=codes.exit_code(code) if code else codes.EDITOR_NOT_READY,
+                        non_retryable=True,
+                    )
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ApplicationError(
+                        f"the editor did not answer within {inp.timeout_s:.0f}s",
+                        type=codes.EDITOR_NOT_READY,
+                        non_retryable=True,
+                    )
+                await asyncio.sleep(0.2)
+
+    @activity.defn(name=A.WATCH_CONTAINER)
+    async def watch_container(self, ref: NotebookRef) -> WatchResult:
+        """Heartbeat while the container runs: the heartbeats are the proof of RUNNING time."""
+        last_seen: datetime | None = None
+        while True:
+            try:
+                state = await self._blocking(self._runtime.poll, ref.notebook_id)
+            except RuntimeUnavailable:
+                # The engine hiccups; the container may well be running. Say nothing, so
+                # the heartbeat timeout decides if this lasts too long.
+                await asyncio.sleep(POLL_S)
+                continue
+            if state is None:
+                return WatchResult(exit_code=None, last_seen_running_at=last_seen)
+            if not state.running:
+                return WatchResult(exit_code=state.exit_code, last_seen_running_at=last_seen)
+            last_seen = _now()
+            activity.heartbeat({"last_seen_running_at": last_seen.isoformat()})
+            await asyncio.sleep(POLL_S)
+
+    @activity.defn(name=A.STOP_CONTAINER)
+    async def stop_container(self, inp: StopContainerInput) -> StopContainerResult:
+        try:
+            state = await self._blocking(self._runtime.stop, inp.ref.notebook_id, inp.grace_s)
+        except RuntimeUnavailable as err:
+            raise ApplicationError(str(err), type=codes.ENGINE_UNAVAILABLE) from err
+        if state is None:
+            return StopContainerResult(existed=False)
+        return StopContainerResult(existed=True, exit_code=state.exit_code)

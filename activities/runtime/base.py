@@ -1,0 +1,67 @@
+"""The container-runtime contract, after jupyterhub's Spawner: start, stop, poll, state.
+
+Every call is idempotent and keyed by the notebook id, so an activity that runs twice
+finds what the first run did instead of doing it again (I3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+class RuntimeUnavailable(Exception):
+    """The engine does not answer; worth retrying."""
+
+
+class ImageNotFound(Exception):
+    """The notebook's image is not on this host; retrying will not help."""
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: Path
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    notebook_id: str
+    project: str
+    image: str
+    port: int
+    env: dict[str, str]
+    mounts: list[Mount]
+    workspace: Path
+    cpus: float
+    memory_bytes: int
+    gpus: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    name: str
+    running: bool
+    exit_code: int | None
+    port: int | None
+
+
+class ContainerRuntime(Protocol):
+    name: str
+
+    def start(self, spec: LaunchSpec) -> ContainerState:
+        """Start the notebook's container, or return the one that already exists."""
+        ...
+
+    def poll(self, notebook_id: str) -> ContainerState | None:
+        """The container's state, or None when there is none."""
+        ...
+
+    def stop(self, notebook_id: str, grace_s: float) -> ContainerState | None:
+        """Stop and remove the container; None when there was none (already done)."""
+        ...
+
+    def logs(self, notebook_id: str, tail: int = 50) -> str: ...

@@ -1,0 +1,155 @@
+"""Docker engine runtime: one container per notebook, found by its deterministic name."""
+
+from __future__ import annotations
+
+import docker
+import docker.errors
+import docker.types
+import requests.exceptions
+
+from activities.runtime.base import ContainerState, ImageNotFound, LaunchSpec, RuntimeUnavailable
+from domain.ids import LABEL_PREFIX, container_name
+
+PORT_LABEL = LABEL_PREFIX + "port"
+NOTEBOOK_LABEL = LABEL_PREFIX + "notebook"
+PROJECT_LABEL = LABEL_PREFIX + "project"
+MANAGED_LABEL = LABEL_PREFIX + "managed"
+
+_UNAVAILABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+
+
+def engine_answers(timeout: float = 3.0) -> bool:
+    try:
+        client = docker.from_env(timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (docker.errors.DockerException, *_UNAVAILABLE):
+        return False
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def __init__(self, client: docker.DockerClient | None = None) -> None:
+        self._client = client or docker.from_env(timeout=60)
+
+    def _get(self, notebook_id: str):
+        try:
+            return self._client.containers.get(container_name(notebook_id))
+        except docker.errors.NotFound:
+            return None
+        except _UNAVAILABLE as err:
+            raise RuntimeUnavailable(f"the Docker engine does not answer: {err}") from err
+
+    @staticmethod
+    def _state(container) -> ContainerState:
+        state = container.attrs.get("State", {})
+        running = bool(state.get("Running"))
+        exit_code = None if running or state.get("Status") == "created" else state.get("ExitCode")
+        port = container.labels.get(PORT_LABEL)
+        return ContainerState(
+            name=container.name,
+            running=running,
+            exit_code=exit_code,
+            port=int(port) if port else None,
+        )
+
+    def start(self, spec: LaunchSpec) -> ContainerState:
+        try:
+            existing = self._get(spec.notebook_id)
+            if existing is not None:
+                status = existing.attrs.get("State", {}).get("Status")
+                if status == "running":
+                    return self._state(existing)
+                if status == "created":
+                    existing.start()
+                    existing.reload()
+                    return self._state(existing)
+                # A container left over from an earlier run: this run gets a fresh one.
+                existing.remove(force=True)
+            try:
+                self._client.images.get(spec.image)
+            except docker.errors.ImageNotFound:
+                raise ImageNotFound(
+                    f"image {spec.image} is not on this host: build it with `bash images/build.sh`"
+                ) from None
+            labels = {
+                MANAGED_LABEL: "true",
+                NOTEBOOK_LABEL: spec.notebook_id,
+                PROJECT_LABEL: spec.project,
+                PORT_LABEL: str(spec.port),
+                **spec.labels,
+            }
+            device_requests = (
+                [docker.types.DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])]
+                if spec.gpus
+                else None
+            )
+            try:
+                container = self._client.containers.create(
+                    spec.image,
+                    name=container_name(spec.notebook_id),
+                    labels=labels,
+                    environment=spec.env,
+                    network_mode="host",
+                    mounts=[
+                        docker.types.Mount(
+                            target=m.target,
+                            source=str(m.source),
+                            type="bind",
+                            read_only=m.read_only,
+                        )
+                        for m in spec.mounts
+                    ],
+                    nano_cpus=int(spec.cpus * 1e9),
+                    mem_limit=spec.memory_bytes,
+                    device_requests=device_requests,
+                    security_opt=["no-new-privileges"],
+                    pids_limit=4096,
+                    init=False,
+                )
+            except docker.errors.APIError as err:
+                if err.status_code == 409:  # a concurrent attempt created it first
+                    container = self._get(spec.notebook_id)
+                    if container is None:
+                        raise
+                else:
+                    raise
+            container.start()
+            container.reload()
+            return self._state(container)
+        except _UNAVAILABLE as err:
+            raise RuntimeUnavailable(f"the Docker engine does not answer: {err}") from err
+
+    def poll(self, notebook_id: str) -> ContainerState | None:
+        container = self._get(notebook_id)
+        return None if container is None else self._state(container)
+
+    def stop(self, notebook_id: str, grace_s: float) -> ContainerState | None:
+        try:
+            container = self._get(notebook_id)
+            if container is None:
+                return None
+            try:
+                container.stop(timeout=int(grace_s))
+                container.reload()
+                state = self._state(container)
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                return None
+            return state
+        except _UNAVAILABLE as err:
+            raise RuntimeUnavailable(f"the Docker engine does not answer: {err}") from err
+
+    def logs(self, notebook_id: str, tail: int = 50) -> str:
+        container = self._get(notebook_id)
+        if container is None:
+            return ""
+        return container.logs(tail=tail).decode(errors="replace")
+
+    def managed_notebooks(self) -> list[str]:
+        """Notebook ids of every container this platform made on the engine."""
+        containers = self._client.containers.list(all=True, filters={"label": MANAGED_LABEL})
+        return [c.labels.get(NOTEBOOK_LABEL, "") for c in containers]

@@ -1,0 +1,144 @@
+"""Local-process runtime: the editor as a subprocess in the notebook's own directory.
+
+Used when no Docker engine answers (a laptop, a CI box without Docker). There is no
+isolation: volumes appear as symlinks inside the workspace and ``ro`` is not enforced.
+The process outlives the host agent, so its pid and exit code live in files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from activities.runtime.base import ContainerState, ImageNotFound, LaunchSpec
+from domain.ids import container_name
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+class LocalRuntime:
+    name = "local-process"
+
+    def __init__(self, state_dir: Path) -> None:
+        self._dir = state_dir
+
+    def _files(self, notebook_id: str) -> tuple[Path, Path, Path, Path]:
+        d = self._dir / notebook_id
+        return d, d / "editor.pid", d / "editor.exit", d / "editor.port"
+
+    def editor_command(self, spec: LaunchSpec) -> list[str]:
+        if importlib.util.find_spec("jupyterlab") is None:
+            raise ImageNotFound(
+                "the local-process runtime needs JupyterLab on the host: pip install -e '.[local]'"
+            )
+        return [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            f"--ip={spec.env.get('AINB_EDITOR_HOST', '127.0.0.1')}",
+            f"--port={spec.port}",
+            "--port-retries=0",
+            f"--ServerApp.root_dir={spec.workspace}",
+            f"--IdentityProvider.token={spec.env.get('AINB_EDITOR_TOKEN', '')}",
+            "--ServerApp.password=",
+            "--LabApp.news_url=None",
+            "--allow-root",
+        ]
+
+    def start(self, spec: LaunchSpec) -> ContainerState:
+        current = self.poll(spec.notebook_id)
+        if current is not None and current.running:
+            return current
+        d, pid_file, exit_file, port_file = self._files(spec.notebook_id)
+        d.mkdir(parents=True, exist_ok=True)
+        exit_file.unlink(missing_ok=True)
+        for mount in spec.mounts:
+            link = spec.workspace / mount.target.removeprefix("/workspace/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink() or link.exists():
+                if link.is_dir() and not link.is_symlink():
+                    link.rmdir()
+                else:
+                    link.unlink()
+            link.symlink_to(mount.source, target_is_directory=True)
+        command = shlex.join(self.editor_command(spec))
+        # The shell records the exit code, which a restarted agent could not otherwise learn.
+        wrapper = f"{command}; echo $? > {shlex.quote(str(exit_file))}"
+        env = {**os.environ, **spec.env, "HOME": str(d), "JUPYTER_RUNTIME_DIR": str(d / "runtime")}
+        log = open(d / "editor.log", "ab")
+        proc = subprocess.Popen(
+            ["sh", "-c", wrapper],
+            cwd=spec.workspace,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        pid_file.write_text(str(proc.pid))
+        port_file.write_text(str(spec.port))
+        return ContainerState(
+            name=container_name(spec.notebook_id), running=True, exit_code=None, port=spec.port
+        )
+
+    def poll(self, notebook_id: str) -> ContainerState | None:
+        _, pid_file, exit_file, port_file = self._files(notebook_id)
+        if not pid_file.exists():
+            return None
+        pid = int(pid_file.read_text())
+        port = int(port_file.read_text()) if port_file.exists() else None
+        running = _alive(pid)
+        exit_code = None
+        if not running:
+            text = exit_file.read_text().strip() if exit_file.exists() else ""
+            exit_code = int(text) if text else -1
+        return ContainerState(
+            name=container_name(notebook_id), running=running, exit_code=exit_code, port=port
+        )
+
+    def stop(self, notebook_id: str, grace_s: float) -> ContainerState | None:
+        state = self.poll(notebook_id)
+        if state is None:
+            return None
+        _, pid_file, exit_file, _ = self._files(notebook_id)
+        pid = int(pid_file.read_text())
+        if state.running:
+            try:
+                os.killpg(pid, signal.SIGTERM)
+                deadline = time.monotonic() + grace_s
+                while _alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if _alive(pid):
+                    os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            state = self.poll(notebook_id)
+        pid_file.unlink(missing_ok=True)
+        exit_file.unlink(missing_ok=True)
+        return state
+
+    def logs(self, notebook_id: str, tail: int = 50) -> str:
+        path = self._dir / notebook_id / "editor.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-tail:])

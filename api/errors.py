@@ -1,0 +1,50 @@
+"""Every error the API returns is JSON with a message a person can act on."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+def _field(loc: tuple | list) -> str:
+    # Drop the "body"/"query"/"path" prefix; join indices and names as a.b[0].c
+    parts = list(loc[1:]) if loc and loc[0] in ("body", "query", "path") else list(loc)
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+        body: dict = {"error": err.message}
+        if err.field:
+            body["field"] = err.field
+            body["errors"] = [{"field": err.field, "message": err.message}]
+        return JSONResponse(status_code=err.status, content=body)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:
+        errors = []
+        for e in err.errors():
+            msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+            errors.append({"field": _field(e.get("loc", ())), "message": msg})
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return JSONResponse(
+            status_code=422,
+            content={
+                "error": f"invalid request: {summary}",
+                "field": errors[0]["field"],
+                "errors": errors,
+            },
+        )

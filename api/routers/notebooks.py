@@ -1,0 +1,62 @@
+"""REST routes for notebooks under /v1/projects/{project}/notebooks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from api.deps import Project, Service
+from api.errors import ApiError
+from domain.spec import NotebookSpec
+from domain.states import NotebookState
+from domain.status import Notebook
+
+router = APIRouter(prefix="/v1/projects/{project}/notebooks", tags=["notebooks"])
+
+
+def _labels(selectors: list[str]) -> dict[str, str]:
+    labels = {}
+    for selector in selectors:
+        key, sep, value = selector.partition("=")
+        if not sep or not key:
+            raise ApiError(422, f"label: {selector!r} must look like key=value", field="label")
+        labels[key] = value
+    return labels
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=Notebook)
+async def create_notebook(project: Project, spec: NotebookSpec, service: Service) -> Notebook:
+    return await service.create(project, spec)
+
+
+@router.get("", response_model=list[Notebook])
+async def list_notebooks(
+    project: Project,
+    service: Service,
+    state: NotebookState | None = None,
+    label: Annotated[list[str], Query(description="key=value; repeat to require several")] = [],  # noqa: B006
+) -> list[Notebook]:
+    return await service.list(project, state, _labels(label))
+
+
+@router.get("/{notebook_id}", response_model=Notebook)
+async def get_notebook(project: Project, notebook_id: str, service: Service) -> Notebook:
+    return await service.get(project, notebook_id)
+
+
+@router.post("/{notebook_id}/start", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook)
+async def start_notebook(project: Project, notebook_id: str, service: Service) -> Notebook:
+    return await service.start(project, notebook_id)
+
+
+@router.post("/{notebook_id}/stop", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook)
+async def stop_notebook(project: Project, notebook_id: str, service: Service) -> Notebook:
+    return await service.stop(project, notebook_id)
+
+
+@router.delete("/{notebook_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook)
+async def delete_notebook(
+    project: Project, notebook_id: str, service: Service, keep_workspace: bool = False
+) -> Notebook:
+    return await service.delete(project, notebook_id, keep_workspace)

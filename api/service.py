@@ -1,0 +1,180 @@
+"""Notebook operations on the Temporal client: what the REST routes (and later the CLI) call.
+
+Creates start a workflow; commands are Updates (a validator's rejection is a 409); reads
+are Queries; lists come from search attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api import catalog
+from api.errors import ApiError
+from domain import search_attributes as sa
+from domain.config import Settings
+from domain.ids import CONTROL_TASK_QUEUE, valid_notebook_id, workflow_id
+from domain.messages import DeleteRequest, NotebookInput, StartRequest, StopRequest, Tuning
+from domain.spec import NotebookSpec
+from domain.states import NotebookState
+from domain.status import Notebook, initial_notebook
+from domain.tokens import editor_token
+
+WORKFLOW_TYPE = "Notebook"
+RPC_TIMEOUT = timedelta(seconds=15)
+# Updates wait for the workflow to accept them, which needs a worker: bounded, then 503.
+UPDATE_TIMEOUT = timedelta(seconds=30)
+
+
+class NotebookService:
+    def __init__(self, client: Client, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+
+    def _tuning(self) -> Tuning:
+        s = self._settings
+        return Tuning(
+            heartbeat_timeout_s=s.heartbeat_timeout_s,
+            host_pickup_timeout_s=s.host_pickup_timeout_s,
+            start_sync_attempts=s.start_sync_attempts,
+            stop_grace_s=s.stop_grace_s,
+        )
+
+    def _present(self, notebook: Notebook) -> Notebook:
+        """Add the editor token to the URL: it is derived here, never stored in history."""
+        status = notebook.status
+        if status.url and not notebook.spec.unsecure_http:
+            token = editor_token(self._settings.token_secret.get_secret_value(), notebook.id)
+            status = status.model_copy(update={"url": f"{status.url}?token={token}"})
+            notebook = notebook.model_copy(update={"status": status})
+        return notebook
+
+    def _handle(self, project: str, notebook_id: str):
+        if not valid_notebook_id(notebook_id):
+            raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
+        return self._client.get_workflow_handle(workflow_id(project, notebook_id))
+
+    async def create(self, project: str, spec: NotebookSpec) -> Notebook:
+        spec, image = catalog.validate(self._settings, spec)
+        inp = NotebookInput(
+            project=project,
+            notebook_id=uuid.uuid4().hex,
+            spec=spec,
+            image=image,
+            workspace_bucket=self._settings.workspace_bucket,
+            created_at=datetime.now(UTC),
+            tuning=self._tuning(),
+        )
+        await self._client.start_workflow(
+            WORKFLOW_TYPE,
+            inp,
+            id=workflow_id(project, inp.notebook_id),
+            task_queue=CONTROL_TASK_QUEUE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            search_attributes=TypedSearchAttributes(
+                [
+                    sa.STATE.value_set(NotebookState.STARTING.value),
+                    sa.PROJECT.value_set(project),
+                    sa.NAME.value_set(spec.name),
+                    sa.HOST.value_set(""),
+                    sa.LABELS.value_set(sa.label_terms(spec.labels)),
+                ]
+            ),
+            static_summary=f"{spec.name} ({project}): {spec.framework.id} {spec.framework.version} "
+            f"{spec.editor.value}, {spec.resources.units} x {spec.resources.flavor}",
+            rpc_timeout=RPC_TIMEOUT,
+        )
+        return self._present(initial_notebook(inp))
+
+    async def get(self, project: str, notebook_id: str) -> Notebook:
+        handle = self._handle(project, notebook_id)
+        try:
+            notebook = await handle.query("get", result_type=Notebook, rpc_timeout=RPC_TIMEOUT)
+        except RPCError as err:
+            raise self._rpc_error(err, project, notebook_id) from err
+        if notebook.status.state == NotebookState.DELETED:
+            raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
+        return self._present(notebook)
+
+    async def list(
+        self, project: str, state: NotebookState | None = None, labels: dict[str, str] | None = None
+    ) -> list[Notebook]:
+        query = f"WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running' AND NotebookProject = '{project}'"
+        if state is not None:
+            query += f" AND NotebookState = '{state.value}'"
+        for term in sa.label_terms(labels or {}):
+            query += f" AND NotebookLabels = '{_quote(term)}'"
+        ids = [
+            execution.id.rsplit("/", 1)[-1]
+            async for execution in self._client.list_workflows(query, rpc_timeout=RPC_TIMEOUT)
+        ]
+        gate = asyncio.Semaphore(16)
+
+        async def one(notebook_id: str) -> Notebook | None:
+            async with gate:
+                try:
+                    return await self.get(project, notebook_id)
+                except ApiError:
+                    return None  # deleted between the list and the query
+
+        found = await asyncio.gather(*(one(i) for i in ids))
+        notebooks = [n for n in found if n is not None]
+        # Visibility lags a transition by a moment: the query's state is the truth.
+        if state is not None:
+            notebooks = [n for n in notebooks if n.status.state == state]
+        notebooks.sort(key=lambda n: n.created_at)
+        return notebooks
+
+    async def _update(self, project: str, notebook_id: str, name: str, arg: object) -> Notebook:
+        handle = self._handle(project, notebook_id)
+        try:
+            notebook = await handle.execute_update(
+                name, arg, result_type=Notebook, rpc_timeout=UPDATE_TIMEOUT
+            )
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == "CONFLICT":
+                raise ApiError(409, cause.message) from err
+            if isinstance(cause, ApplicationError) and cause.type == "GONE":
+                raise ApiError(
+                    404, f"notebook {notebook_id} not found in project {project}"
+                ) from err
+            raise ApiError(500, f"{name} failed: {cause or err}") from err
+        except RPCError as err:
+            raise self._rpc_error(err, project, notebook_id) from err
+        return self._present(notebook)
+
+    async def start(self, project: str, notebook_id: str) -> Notebook:
+        return await self._update(project, notebook_id, "start", StartRequest())
+
+    async def stop(self, project: str, notebook_id: str) -> Notebook:
+        return await self._update(project, notebook_id, "stop", StopRequest())
+
+    async def delete(self, project: str, notebook_id: str, keep_workspace: bool) -> Notebook:
+        return await self._update(
+            project, notebook_id, "delete", DeleteRequest(keep_workspace=keep_workspace)
+        )
+
+    @staticmethod
+    def _rpc_error(err: RPCError, project: str, notebook_id: str) -> ApiError:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return ApiError(404, f"notebook {notebook_id} not found in project {project}")
+        if err.status in (
+            RPCStatusCode.DEADLINE_EXCEEDED,
+            RPCStatusCode.UNAVAILABLE,
+            RPCStatusCode.CANCELLED,
+        ):
+            return ApiError(
+                503, f"the control plane did not answer in time ({err.message}); try again"
+            )
+        return ApiError(502, f"the control plane refused the request: {err.message}")
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")

@@ -1,0 +1,15 @@
+"""Activity names, shared so workflows can call activities without importing their code
+(which pulls in docker and boto3)."""
+
+PLACE = "place_notebook"
+DELETE_WORKSPACE = "delete_workspace"
+
+PULL_VOLUME = "pull_volume"
+PUSH_VOLUME = "push_volume"
+RESTORE_WORKSPACE = "restore_workspace"
+SAVE_WORKSPACE = "save_workspace"
+LAUNCH_CONTAINER = "launch_container"
+WAIT_EDITOR_READY = "wait_editor_ready"
+WATCH_CONTAINER = "watch_container"
+STOP_CONTAINER = "stop_container"
+REMOVE_LOCAL_DATA = "remove_local_data"

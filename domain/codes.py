@@ -1,0 +1,36 @@
+"""``status.info.code`` values and the error types activities raise to carry them."""
+
+from __future__ import annotations
+
+# Terminal codes of a run.
+EXITED = "EXITED"  # the editor exited 0
+STOPPED_BY_USER = "STOPPED_BY_USER"
+TIMEOUT = "TIMEOUT"
+HOST_LOST = "HOST_LOST"
+
+
+def exit_code(code: int) -> str:
+    return f"EXIT_CODE_{code}"
+
+
+# Failures, used both as status codes and as ApplicationError types so a workflow can
+# map an activity failure to a state without parsing messages.
+DATA_SYNC_FAILED = "DATA_SYNC_FAILED"  # the user's data cannot be read or written: FAILED
+STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"  # the platform's storage is down: ERROR
+IMAGE_NOT_FOUND = "IMAGE_NOT_FOUND"
+ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
+EDITOR_NOT_READY = "EDITOR_NOT_READY"
+LAUNCH_FAILED = "LAUNCH_FAILED"
+INTERNAL_ERROR = "INTERNAL_ERROR"
+
+# Informational codes while a phase is under way.
+QUEUED = "QUEUED"
+SYNC_RETRYING = "SYNC_RETRYING"
+
+# Failures that make the notebook FAILED (the user's doing) rather than ERROR (ours).
+USER_FAILURES = frozenset({DATA_SYNC_FAILED})
+
+
+def is_user_failure(code: str | None) -> bool:
+    """FAILED (the user's data or process) rather than ERROR (the platform)."""
+    return code in USER_FAILURES or (code or "").startswith("EXIT_CODE_")

@@ -1,0 +1,117 @@
+"""Operator configuration shared by the workers and the API.
+
+Read from ``AINB_*`` environment variables and, when ``AINB_CONFIG`` names one, a JSON
+file (the embedded stack writes one). Secrets live here and only here: never in workflow
+inputs. Workflows never import this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StorageAlias(BaseModel):
+    endpoint: str
+    region: str = "us-east-1"
+    access_key: SecretStr
+    secret_key: SecretStr
+
+
+class Flavor(BaseModel):
+    kind: Literal["cpu", "gpu"]
+    description: str = ""
+    cpu_per_unit: float = 1.0
+    memory_gib_per_unit: float = 4.0
+    gpu_model: str | None = None
+    max_units: int = 12
+
+
+class FrameworkVersion(BaseModel):
+    # editor name -> image
+    images: dict[str, str]
+
+
+class FrameworkEntry(BaseModel):
+    description: str = ""
+    default_version: str
+    versions: dict[str, FrameworkVersion]
+
+
+JUPYTERLAB_IMAGE = "ainb/jupyterlab-python:3.11"
+
+
+def _default_frameworks() -> dict[str, FrameworkEntry]:
+    return {
+        "python": FrameworkEntry(
+            description="Python 3.11 with JupyterLab",
+            default_version="3.11",
+            versions={"3.11": FrameworkVersion(images={"jupyterlab": JUPYTERLAB_IMAGE})},
+        )
+    }
+
+
+def _default_flavors() -> dict[str, Flavor]:
+    return {
+        "ai1-1-cpu": Flavor(kind="cpu", description="1 vCPU, 4 GiB per unit", max_units=12),
+        "ai1-1-gpu": Flavor(
+            kind="gpu",
+            description="1 GPU, 8 vCPU, 45 GiB per unit",
+            cpu_per_unit=8,
+            memory_gib_per_unit=45,
+            gpu_model="any",
+            max_units=4,
+        ),
+    }
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AINB_", env_nested_delimiter="__")
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+
+    data_dir: Path = Path(".ainb")
+    # The host this agent serves, and the hosts the control plane may place notebooks on.
+    host_name: str = "local"
+    hosts: list[str] = Field(default_factory=lambda: ["local"])
+    # Address at which the editors on this host are reachable by users.
+    host_address: str = "127.0.0.1"
+    runtime: Literal["auto", "docker", "local"] = "auto"
+    # First port tried for editors on this host (host networking: one port per notebook).
+    editor_port_start: int = 18800
+
+    storage_aliases: dict[str, StorageAlias] = Field(default_factory=dict)
+    platform_alias: str = "local"
+    workspace_bucket: str = "ainb-workspaces"
+
+    token_secret: SecretStr = SecretStr("")
+
+    frameworks: dict[str, FrameworkEntry] = Field(default_factory=_default_frameworks)
+    flavors: dict[str, Flavor] = Field(default_factory=_default_flavors)
+
+    # Timeouts the API writes into each new workflow (see domain.messages.Tuning).
+    heartbeat_timeout_s: float = 30.0
+    host_pickup_timeout_s: float = 120.0
+    start_sync_attempts: int = 5
+    stop_grace_s: float = 20.0
+
+    @classmethod
+    def load(cls) -> Settings:
+        """Settings from the JSON file named by AINB_CONFIG, overridden by AINB_* variables."""
+        path = os.environ.get("AINB_CONFIG")
+        file_values = json.loads(Path(path).read_text()) if path else {}
+        env_values = cls().model_dump(exclude_unset=True)
+        return cls.model_validate({**file_values, **env_values})
+
+    def storage(self, alias: str) -> StorageAlias:
+        try:
+            return self.storage_aliases[alias]
+        except KeyError:
+            known = ", ".join(sorted(self.storage_aliases)) or "none"
+            raise KeyError(f"unknown storage alias {alias!r} (configured: {known})") from None

@@ -1,0 +1,22 @@
+"""Search attributes: they serve the list endpoint and the Temporal Web UI's filters."""
+
+from temporalio.common import SearchAttributeKey
+
+STATE = SearchAttributeKey.for_keyword("NotebookState")
+PROJECT = SearchAttributeKey.for_keyword("NotebookProject")
+NAME = SearchAttributeKey.for_keyword("NotebookName")
+HOST = SearchAttributeKey.for_keyword("NotebookHost")
+LABELS = SearchAttributeKey.for_keyword_list("NotebookLabels")
+
+# name=type pairs for `temporal server start-dev --search-attribute`.
+DEFINITIONS = {
+    "NotebookState": "Keyword",
+    "NotebookProject": "Keyword",
+    "NotebookName": "Keyword",
+    "NotebookHost": "Keyword",
+    "NotebookLabels": "KeywordList",
+}
+
+
+def label_terms(labels: dict[str, str]) -> list[str]:
+    return [f"{k}={v}" for k, v in sorted(labels.items())]

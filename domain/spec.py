@@ -1,0 +1,209 @@
+"""The notebook spec: what a user asks for. Validation here names the offending field."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+WORKSPACE = "/workspace"
+DEFAULT_TIMEOUT_S = 7 * 24 * 3600
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+_ALIAS = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9._/:-]{0,63}$")
+# Variables the platform sets for the editor: a user must not be able to override them.
+RESERVED_ENV_PREFIX = "AINB_"
+
+
+class Editor(StrEnum):
+    JUPYTERLAB = "jupyterlab"
+    VSCODE = "vscode"
+
+
+class Permission(StrEnum):
+    RO = "ro"
+    RW = "rw"
+    RWD = "rwd"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Framework(_Strict):
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    version: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+class Resources(_Strict):
+    flavor: Annotated[str, Field(min_length=1, max_length=64)]
+    cpu: Annotated[int, Field(gt=0)] | None = None
+    gpu: Annotated[int, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Resources:
+        if (self.cpu is None) == (self.gpu is None):
+            raise ValueError("give either cpu or gpu as a positive count, not both and not neither")
+        return self
+
+    @property
+    def kind(self) -> Literal["cpu", "gpu"]:
+        return "gpu" if self.gpu else "cpu"
+
+    @property
+    def units(self) -> int:
+        return self.gpu or self.cpu or 0
+
+
+def normalize_mount_path(value: str) -> str:
+    """Return the canonical mount path, refusing anything that is not strictly under /workspace."""
+    if not value.startswith("/"):
+        raise ValueError(f"must be an absolute path under {WORKSPACE}, got {value!r}")
+    if any(part in ("..", ".") for part in value.split("/")):
+        raise ValueError(f"must not contain '.' or '..' segments, got {value!r}")
+    if "\x00" in value or "\\" in value:
+        raise ValueError("must not contain NUL or backslash characters")
+    norm = posixpath.normpath(value)
+    if not norm.startswith(WORKSPACE + "/"):
+        raise ValueError(f"must be under {WORKSPACE}/ (and not {WORKSPACE} itself), got {value!r}")
+    return norm
+
+
+class Volume(_Strict):
+    bucket: Annotated[str, Field(pattern=_BUCKET)]
+    alias: Annotated[str, Field(pattern=_ALIAS)]
+    prefix: str = ""
+    mount_path: str
+    permission: Permission = Permission.RO
+    cache: bool = False
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        if any(part in ("..", ".") for part in value.split("/") if part) or "//" in value:
+            raise ValueError(
+                f"must be a plain key prefix without '.', '..' or empty segments, got {value!r}"
+            )
+        return value
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount_path(cls, value: str) -> str:
+        return normalize_mount_path(value)
+
+    @property
+    def relative_mount(self) -> str:
+        """The mount path relative to /workspace, as the workspace sync excludes it."""
+        return self.mount_path[len(WORKSPACE) + 1 :]
+
+    @property
+    def pushed(self) -> bool:
+        return self.permission in (Permission.RW, Permission.RWD)
+
+    @classmethod
+    def parse(cls, text: str) -> Volume:
+        return cls(**cls.fields_from_string(text))
+
+    @staticmethod
+    def fields_from_string(text: str) -> dict[str, object]:
+        """Split ``bucket@alias[/prefix]:/workspace/path[:ro|rw|rwd][:cache|no-cache]``."""
+        parts = text.split(":")
+        if len(parts) < 2 or len(parts) > 4:
+            raise ValueError(
+                "volume string must look like bucket@alias/prefix:/workspace/path:ro|rw|rwd:cache|no-cache"
+            )
+        source, mount = parts[0], parts[1]
+        if "@" not in source:
+            raise ValueError(
+                f"volume source {source!r} must be bucket@alias or bucket@alias/prefix"
+            )
+        bucket, _, rest = source.partition("@")
+        alias, _, prefix = rest.partition("/")
+        permission, cache = "ro", False
+        for option in parts[2:]:
+            if option in ("ro", "rw", "rwd"):
+                permission = option
+            elif option in ("cache", "no-cache"):
+                cache = option == "cache"
+            else:
+                raise ValueError(
+                    f"unknown volume option {option!r}: use ro, rw, rwd, cache or no-cache"
+                )
+        return {
+            "bucket": bucket,
+            "alias": alias,
+            "prefix": prefix,
+            "mount_path": mount,
+            "permission": permission,
+            "cache": cache,
+        }
+
+
+class NotebookSpec(_Strict):
+    name: Annotated[str, Field(pattern=_NAME)]
+    editor: Editor = Editor.JUPYTERLAB
+    framework: Framework
+    resources: Resources
+    volumes: list[Volume] = Field(default_factory=list, max_length=32)
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    timeout: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = DEFAULT_TIMEOUT_S
+    timeout_auto_restart: bool = False
+    unsecure_http: bool = False
+
+    @field_validator("volumes", mode="before")
+    @classmethod
+    def _volume_strings(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [Volume.fields_from_string(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _distinct_mounts(cls, volumes: list[Volume]) -> list[Volume]:
+        for i, a in enumerate(volumes):
+            for b in volumes[i + 1 :]:
+                if a.mount_path == b.mount_path:
+                    raise ValueError(f"two volumes share the mount path {a.mount_path}")
+                for outer, inner in ((a, b), (b, a)):
+                    if inner.mount_path.startswith(outer.mount_path + "/"):
+                        raise ValueError(
+                            f"mount path {inner.mount_path} is nested inside {outer.mount_path}"
+                        )
+        return volumes
+
+    @field_validator("env_vars")
+    @classmethod
+    def _env(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if not _ENV_KEY.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+            if key.upper().startswith(RESERVED_ENV_PREFIX):
+                raise ValueError(f"{key!r}: names starting with {RESERVED_ENV_PREFIX} are reserved")
+            if "\x00" in value:
+                raise ValueError(f"value of {key!r} must not contain NUL")
+        return env
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        if len(labels) > 64:
+            raise ValueError("at most 64 labels")
+        for key, value in labels.items():
+            if not _LABEL_KEY.match(key):
+                raise ValueError(
+                    f"label key {key!r} must be 1-63 letters, digits, '.', '_', '-' or '/'"
+                )
+            if not _LABEL_VALUE.match(value):
+                raise ValueError(
+                    f"label value {value!r} of {key!r} must be at most 63 plain characters"
+                )
+        return labels

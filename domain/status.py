@@ -1,0 +1,123 @@
+"""What a notebook reports about itself (the ``status`` of the REST resource)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, Field
+
+from domain.ids import workspace_prefix
+from domain.spec import NotebookSpec, Permission
+from domain.states import NotebookState
+
+if TYPE_CHECKING:
+    from domain.messages import NotebookInput
+
+
+class Info(BaseModel):
+    code: str | None = None
+    message: str = ""
+
+
+class SyncState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class SyncProgress(BaseModel):
+    direction: str  # "pull" or "push"
+    state: SyncState
+    files_total: int = 0
+    bytes_total: int = 0
+    files_done: int = 0
+    bytes_done: int = 0
+    files_skipped: int = 0
+    files_failed: int = 0
+    files_deleted: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    message: str = ""
+
+
+class VolumeStatus(BaseModel):
+    mount_path: str
+    bucket: str
+    alias: str
+    prefix: str
+    permission: Permission
+    # True once a pull completed: only then may a push (which could delete remote
+    # objects for rwd) run, so a partial pull never overwrites the remote copy (I1).
+    pulled: bool = False
+    last_sync: SyncProgress | None = None
+
+
+class WorkspaceStatus(BaseModel):
+    bucket: str
+    prefix: str
+    restored: bool = False  # fully restored at the last start (or new): it may be pushed (I1)
+    saved: bool = False  # a copy exists in object storage
+    last_saved_at: datetime | None = None
+    last_sync: SyncProgress | None = None
+
+
+class NotebookStatus(BaseModel):
+    state: NotebookState
+    info: Info = Field(default_factory=Info)
+    url: str | None = None
+    host: str | None = None
+    container: str | None = None
+    last_started_at: datetime | None = None
+    last_stopped_at: datetime | None = None
+    volumes: list[VolumeStatus] = Field(default_factory=list)
+    workspace: WorkspaceStatus | None = None
+
+
+class Notebook(BaseModel):
+    """The REST resource: identity, spec and status."""
+
+    id: str
+    project: str
+    created_at: datetime
+    updated_at: datetime
+    spec: NotebookSpec
+    image: str
+    status: NotebookStatus
+
+
+def initial_status(inp: NotebookInput) -> NotebookStatus:
+    """A new notebook: STARTING at once, with nothing restored yet and nothing to restore."""
+    return NotebookStatus(
+        state=NotebookState.STARTING,
+        info=Info(message="notebook created"),
+        volumes=[
+            VolumeStatus(
+                mount_path=v.mount_path,
+                bucket=v.bucket,
+                alias=v.alias,
+                prefix=v.prefix,
+                permission=v.permission,
+            )
+            for v in inp.spec.volumes
+        ],
+        workspace=WorkspaceStatus(
+            bucket=inp.workspace_bucket,
+            prefix=workspace_prefix(inp.project, inp.notebook_id),
+            restored=True,
+        ),
+    )
+
+
+def initial_notebook(inp: NotebookInput) -> Notebook:
+    return Notebook(
+        id=inp.notebook_id,
+        project=inp.project,
+        created_at=inp.created_at,
+        updated_at=inp.created_at,
+        spec=inp.spec,
+        image=inp.image,
+        status=initial_status(inp),
+    )

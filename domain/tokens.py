@@ -1,0 +1,12 @@
+"""Editor tokens are derived, not stored: the host agent and the API compute the same
+value from a secret both are configured with, so no token ever enters workflow history."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+
+def editor_token(secret: str, notebook_id: str) -> str:
+    digest = hmac.new(secret.encode(), f"editor:{notebook_id}".encode(), hashlib.sha256)
+    return digest.hexdigest()[:40]

@@ -1,0 +1,393 @@
+"""The embedded platform on one machine: Temporal dev server (SQLite), SeaweedFS S3, the
+control-plane worker, one host agent and the REST API, each its own process.
+
+``ainb-stack`` (or ``python -m worker.stack``) brings it up and prints where each part is;
+Ctrl-C stops everything. Tests use :class:`Stack` to run the same processes on free ports
+and to kill and restart them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import botocore.config
+import httpx
+
+from domain import search_attributes as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(avoid: set[int] | None = None, *, with_grpc_offset: bool = False) -> int:
+    """A free loopback port; with_grpc_offset also needs port+10000 free (SeaweedFS)."""
+    avoid = avoid or set()
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port in avoid:
+            continue
+        if with_grpc_offset:
+            if port + 10000 > 65000:
+                continue
+            with socket.socket() as s2:
+                try:
+                    s2.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+        avoid.add(port)
+        return port
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class Ports:
+    temporal: int = 7233
+    temporal_ui: int = 8233
+    s3: int = 8333
+    weed_master: int = 9333
+    weed_volume: int = 8080
+    weed_filer: int = 8888
+    api: int = 8000
+    editor_start: int = 18800
+
+    @classmethod
+    def random(cls) -> Ports:
+        used: set[int] = set()
+        return cls(
+            temporal=free_port(used),
+            temporal_ui=free_port(used),
+            s3=free_port(used, with_grpc_offset=True),
+            weed_master=free_port(used, with_grpc_offset=True),
+            weed_volume=free_port(used, with_grpc_offset=True),
+            weed_filer=free_port(used, with_grpc_offset=True),
+            api=free_port(used),
+            editor_start=free_port(used),
+        )
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    ports: Ports = field(default_factory=Ports)
+    runtime: str = "auto"
+    host_name: str = "local"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    quiet: bool = False
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.config_path = self.data_dir / "config.json"
+        self.secrets = self._load_secrets()
+
+    # ------------------------------------------------------------- configuration
+
+    def _load_secrets(self) -> dict[str, str]:
+        """Credentials made once per data directory, so a restarted stack finds its data."""
+        path = self.data_dir / "secrets.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        values = {
+            "s3_access_key": "ainb" + secrets.token_hex(8),
+            "s3_secret_key": secrets.token_urlsafe(32),
+            "token_secret": secrets.token_urlsafe(32),
+        }
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(values))
+        return values
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports.s3}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.api}"
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.ports.temporal}"
+
+    def write_config(self) -> None:
+        config = {
+            "temporal_address": self.temporal_address,
+            "data_dir": str(self.data_dir),
+            "host_name": self.host_name,
+            "hosts": [self.host_name],
+            "runtime": self.runtime,
+            "editor_port_start": self.ports.editor_start,
+            "storage_aliases": {
+                "local": {
+                    "endpoint": self.s3_endpoint,
+                    "access_key": self.secrets["s3_access_key"],
+                    "secret_key": self.secrets["s3_secret_key"],
+                }
+            },
+            "platform_alias": "local",
+            "token_secret": self.secrets["token_secret"],
+        }
+        self.config_path.touch(mode=0o600)
+        self.config_path.write_text(json.dumps(config, indent=2))
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AINB_")}
+        env.update(
+            {
+                "AINB_CONFIG": str(self.config_path),
+                "AINB_API_PORT": str(self.ports.api),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def s3_client(self):
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.secrets["s3_access_key"],
+            aws_secret_access_key=self.secrets["s3_secret_key"],
+            config=botocore.config.Config(
+                retries={"max_attempts": 2}, connect_timeout=2, s3={"addressing_style": "path"}
+            ),
+        )
+
+    # ----------------------------------------------------------------- processes
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.data_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the stack, which stops children in order
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start_temporal(self) -> None:
+        argv = [
+            _which("temporal"),
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.ports.temporal),
+            "--ui-port",
+            str(self.ports.temporal_ui),
+            "--db-filename",
+            str(self.data_dir / "temporal.sqlite"),
+            "--log-level",
+            "warn",
+        ]
+        for name, kind in sa.DEFINITIONS.items():
+            argv += ["--search-attribute", f"{name}={kind}"]
+        self._spawn("temporal", argv)
+        _wait_for(lambda: _tcp_open(self.ports.temporal), 60, "Temporal dev server", self._log("temporal"))
+
+    def start_s3(self) -> None:
+        s3_dir = self.data_dir / "s3"
+        s3_dir.mkdir(exist_ok=True)
+        identities = {
+            "identities": [
+                {
+                    "name": "ainb",
+                    "credentials": [
+                        {
+                            "accessKey": self.secrets["s3_access_key"],
+                            "secretKey": self.secrets["s3_secret_key"],
+                        }
+                    ],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        s3_config = self.data_dir / "s3-identities.json"
+        s3_config.touch(mode=0o600)
+        s3_config.write_text(json.dumps(identities))
+        p = self.ports
+        self._spawn(
+            "s3",
+            [
+                _which("weed"),
+                "server",
+                f"-dir={s3_dir}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-master.port={p.weed_master}",
+                f"-volume.port={p.weed_volume}",
+                f"-filer.port={p.weed_filer}",
+                "-master.volumeSizeLimitMB=256",
+                "-volume.max=0",
+                "-s3",
+                f"-s3.port={p.s3}",
+                f"-s3.config={s3_config}",
+            ],
+        )
+        client = self.s3_client()
+
+        def ready() -> bool:
+            try:
+                client.list_buckets()
+                return True
+            except Exception:  # noqa: BLE001 - not up yet
+                return False
+
+        _wait_for(ready, 90, "SeaweedFS S3", self._log("s3"))
+
+    def start_control_worker(self) -> None:
+        self._spawn("control-worker", [sys.executable, "-m", "worker.control"])
+        self._expect_alive("control-worker")
+
+    def start_host_agent(self) -> None:
+        self._spawn("host-agent", [sys.executable, "-m", "worker.host"])
+        self._expect_alive("host-agent")
+
+    def start_api(self) -> None:
+        self._spawn("api", [sys.executable, "-m", "api.main"])
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{self.api_url}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait_for(ready, 60, "REST API", self._log("api"))
+
+    def start(self) -> None:
+        self.write_config()
+        self.start_temporal()
+        self.start_s3()
+        self.start_control_worker()
+        self.start_host_agent()
+        self.start_api()
+
+    def _expect_alive(self, name: str) -> None:
+        time.sleep(0.5)
+        if self.procs[name].poll() is not None:
+            raise RuntimeError(f"{name} exited at start:\n{self._log(name)()}")
+
+    def _log(self, name: str):
+        return lambda: (self.data_dir / "logs" / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop(self) -> None:
+        """Stop in reverse order of start, politely first."""
+        for name in ["api", "host-agent", "control-worker", "s3", "temporal"]:
+            self.kill(name, signal.SIGTERM)
+
+
+def _which(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if not found:
+        raise RuntimeError(f"{name} is not installed: pip install -e .")
+    return found
+
+
+def _tcp_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_for(check, timeout: float, what: str, log) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.25)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f}s; its log ends with:\n{log()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the whole ainb platform on this machine.")
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("AINB_DATA_DIR", ".ainb")))
+    parser.add_argument("--runtime", choices=["auto", "docker", "local"], default="auto")
+    parser.add_argument("--api-port", type=int, default=8000)
+    args = parser.parse_args()
+
+    from activities.runtime.docker_runtime import engine_answers
+
+    runtime = args.runtime
+    if runtime == "auto":
+        runtime = "docker" if engine_answers() else "local"
+    stack = Stack(args.data_dir, Ports(api=args.api_port), runtime=runtime)
+    stopping = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        p = stack.ports
+        runtime_note = (
+            "docker (the local Docker engine)"
+            if runtime == "docker"
+            else "local-process (no Docker engine answered: editors run as host processes)"
+        )
+        print(
+            f"""
+ainb is up (data in {stack.data_dir})
+  REST API        {stack.api_url}   (OpenAPI: {stack.api_url}/docs)
+  Temporal        {stack.temporal_address}   (Web UI: http://127.0.0.1:{p.temporal_ui})
+  S3 (SeaweedFS)  {stack.s3_endpoint}   (credentials in {stack.data_dir / "secrets.json"})
+  control worker  task queue ainb-control
+  host agent      host '{stack.host_name}', runtime: {runtime_note}
+  logs            {stack.data_dir / "logs"}
+Ctrl-C stops everything.""",
+            flush=True,
+        )
+        while True:
+            for name, proc in list(stack.procs.items()):
+                if proc.poll() is not None:
+                    print(f"{name} exited with code {proc.returncode}; see its log", flush=True)
+                    stack.procs.pop(name)
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopping ainb...", flush=True)
+    except RuntimeError as err:
+        print(f"ainb could not start: {err}", file=sys.stderr, flush=True)
+        stack.stop()
+        sys.exit(1)
+    stack.stop()
+    print("stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    main()
