@@ -104,9 +104,24 @@ class HostActivities:
     def paths(self, notebook_id: str) -> NotebookPaths:
         return NotebookPaths(self._notebooks_dir, notebook_id)
 
-    async def _blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def _blocking(
+        self, fn: Callable[..., Any], *args: Any, heartbeat: tuple = (), **kwargs: Any
+    ) -> Any:
+        """Run a blocking call in the pool, heartbeating meanwhile so that a dead agent is
+        noticed within the heartbeat timeout, however long the call takes. A cancel waits
+        for the call to finish: what it started (a container) must exist before the
+        workflow goes on to undo it."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=POLL_S)
+                if done:
+                    return future.result()
+                activity.heartbeat(*heartbeat)
+        except asyncio.CancelledError:
+            await asyncio.gather(asyncio.shield(future), return_exceptions=True)
+            raise
 
     # ------------------------------------------------------------------- data
 
@@ -372,8 +387,9 @@ class HostActivities:
         """Heartbeat while the container runs: the heartbeats are the proof of RUNNING time."""
         last_seen: datetime | None = None
         while True:
+            details = ({"last_seen_running_at": last_seen.isoformat()},) if last_seen else ()
             try:
-                state = await self._blocking(self._runtime.poll, ref.notebook_id)
+                state = await self._blocking(self._runtime.poll, ref.notebook_id, heartbeat=details)
             except RuntimeUnavailable:
                 # The engine hiccups; the container may well be running. Say nothing, so
                 # the heartbeat timeout decides if this lasts too long.

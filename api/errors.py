@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -32,6 +34,11 @@ def install(app: FastAPI) -> None:
             body["field"] = err.field
             body["errors"] = [{"field": err.field, "message": err.message}]
         return JSONResponse(status_code=err.status, content=body)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, err: Exception) -> JSONResponse:
+        logging.getLogger("ainb.api").exception("unhandled error")
+        return JSONResponse(status_code=500, content={"error": f"internal error: {err}"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:

@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -23,11 +23,14 @@ from domain.ids import CONTROL_TASK_QUEUE, valid_notebook_id, workflow_id
 from domain.messages import DeleteRequest, NotebookInput, StartRequest, StopRequest, Tuning
 from domain.spec import NotebookSpec
 from domain.states import NotebookState
-from domain.status import Notebook, initial_notebook
+from domain.status import Info, Notebook, NotebookStatus, initial_notebook
 from domain.tokens import editor_token
 
 WORKFLOW_TYPE = "Notebook"
 RPC_TIMEOUT = timedelta(seconds=15)
+QUERY_TIMEOUT = timedelta(seconds=5)
+MEMO_KEY = "notebook"
+STALE_STATUS = "STATUS_STALE"
 # Updates wait for the workflow to accept them, which needs a worker: bounded, then 503.
 UPDATE_TIMEOUT = timedelta(seconds=30)
 
@@ -71,6 +74,7 @@ class NotebookService:
             created_at=datetime.now(UTC),
             tuning=self._tuning(),
         )
+        notebook = initial_notebook(inp)
         await self._client.start_workflow(
             WORKFLOW_TYPE,
             inp,
@@ -79,28 +83,54 @@ class NotebookService:
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             search_attributes=TypedSearchAttributes(
                 [
-                    sa.STATE.value_set(NotebookState.STARTING.value),
-                    sa.PROJECT.value_set(project),
-                    sa.NAME.value_set(spec.name),
-                    sa.HOST.value_set(""),
-                    sa.LABELS.value_set(sa.label_terms(spec.labels)),
+                    SearchAttributePair(sa.STATE, NotebookState.STARTING.value),
+                    SearchAttributePair(sa.PROJECT, project),
+                    SearchAttributePair(sa.NAME, spec.name),
+                    SearchAttributePair(sa.HOST, ""),
+                    SearchAttributePair(sa.LABELS, sa.label_terms(spec.labels)),
                 ]
             ),
             static_summary=f"{spec.name} ({project}): {spec.framework.id} {spec.framework.version} "
             f"{spec.editor.value}, {spec.resources.units} x {spec.resources.flavor}",
+            # What GET can still show when no worker answers queries (see _from_visibility).
+            memo={MEMO_KEY: notebook.model_dump(mode="json", exclude={"status"})},
             rpc_timeout=RPC_TIMEOUT,
         )
-        return self._present(initial_notebook(inp))
+        return self._present(notebook)
 
     async def get(self, project: str, notebook_id: str) -> Notebook:
         handle = self._handle(project, notebook_id)
         try:
-            notebook = await handle.query("get", result_type=Notebook, rpc_timeout=RPC_TIMEOUT)
+            notebook = await handle.query("get", result_type=Notebook, rpc_timeout=QUERY_TIMEOUT)
         except RPCError as err:
-            raise self._rpc_error(err, project, notebook_id) from err
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise self._rpc_error(err, project, notebook_id) from err
+            notebook = await self._from_visibility(handle, project, notebook_id)
         if notebook.status.state == NotebookState.DELETED:
             raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
         return self._present(notebook)
+
+    async def _from_visibility(self, handle, project: str, notebook_id: str) -> Notebook:
+        """No worker answered the query (all down, or restarting): the state recorded at
+        the last transition and the spec from the memo are still worth showing."""
+        try:
+            desc = await handle.describe(rpc_timeout=RPC_TIMEOUT)
+        except RPCError as err:
+            raise self._rpc_error(err, project, notebook_id) from err
+        base = await desc.memo_value(MEMO_KEY, None)
+        state = desc.typed_search_attributes.get(sa.STATE)
+        if base is None or state is None:
+            raise ApiError(503, "the control plane did not answer in time; try again")
+        status = NotebookStatus(
+            state=NotebookState(state),
+            host=desc.typed_search_attributes.get(sa.HOST) or None,
+            info=Info(
+                code=STALE_STATUS,
+                message="no control-plane worker answered: this is the state at the last "
+                "transition, details are unavailable until a worker is back",
+            ),
+        )
+        return Notebook.model_validate({**base, "status": status.model_dump(mode="json")})
 
     async def list(
         self, project: str, state: NotebookState | None = None, labels: dict[str, str] | None = None

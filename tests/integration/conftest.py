@@ -1,0 +1,163 @@
+"""The real stack for integration tests: Temporal dev server, SeaweedFS, the control
+worker, a host agent on the local Docker engine and the REST API, each a process."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import docker
+import httpx
+import pytest
+
+from activities.runtime.docker_runtime import (
+    MANAGED_LABEL,
+    NOTEBOOK_LABEL,
+    PROJECT_LABEL,
+    engine_answers,
+)
+from domain.config import JUPYTERLAB_IMAGE
+from worker.stack import Ports, Stack
+
+REQUIRE_DOCKER = os.environ.get("AINB_REQUIRE_DOCKER") == "1"
+MISSING_IMAGE = "ainb/does-not-exist:0"
+
+
+def _docker_problem() -> str | None:
+    if not engine_answers():
+        return "no Docker engine answers (start dockerd, or run scripts/test which does)"
+    client = docker.from_env()
+    try:
+        client.images.get(JUPYTERLAB_IMAGE)
+    except docker.errors.ImageNotFound:
+        return f"image {JUPYTERLAB_IMAGE} is missing: bash images/build.sh"
+    finally:
+        client.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    problem = _docker_problem()
+    if problem:
+        if REQUIRE_DOCKER:
+            pytest.fail(f"Docker tests are required (AINB_REQUIRE_DOCKER=1): {problem}")
+        pytest.skip(problem)
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def project() -> str:
+    return f"it-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, docker_client, project) -> Iterator[Stack]:
+    s = Stack(
+        tmp_path_factory.mktemp("ainb"),
+        Ports.random(),
+        runtime="docker",
+        extra_env={
+            "AINB_HEARTBEAT_TIMEOUT_S": "5",
+            "AINB_HOST_PICKUP_TIMEOUT_S": "90",
+            "AINB_START_SYNC_ATTEMPTS": "3",
+            "AINB_STOP_GRACE_S": "10",
+        },
+        config_overrides={
+            "frameworks": {
+                "python": {
+                    "default_version": "3.11",
+                    "versions": {"3.11": {"images": {"jupyterlab": JUPYTERLAB_IMAGE}}},
+                },
+                "broken": {
+                    "default_version": "1",
+                    "versions": {"1": {"images": {"jupyterlab": MISSING_IMAGE}}},
+                },
+            }
+        },
+    )
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+        for c in docker_client.containers.list(
+            all=True, filters={"label": [MANAGED_LABEL, f"{PROJECT_LABEL}={project}"]}
+        ):
+            c.remove(force=True)
+
+
+@pytest.fixture(scope="session")
+def api(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.api_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def s3(stack: Stack):
+    return stack.s3_client()
+
+
+class Notebooks:
+    """REST helpers for one project."""
+
+    def __init__(self, api: httpx.Client, project: str, docker_client: docker.DockerClient) -> None:
+        self.api = api
+        self.project = project
+        self.docker = docker_client
+        self.base = f"/v1/projects/{project}/notebooks"
+
+    def create(self, **spec) -> dict:
+        body = {
+            "name": spec.pop("name", "nb"),
+            "framework": spec.pop("framework", {"id": "python"}),
+            "resources": spec.pop("resources", {"flavor": "ai1-1-cpu", "cpu": 1}),
+            **spec,
+        }
+        r = self.api.post(self.base, json=body)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def get(self, notebook_id: str) -> httpx.Response:
+        return self.api.get(f"{self.base}/{notebook_id}")
+
+    def command(self, notebook_id: str, verb: str) -> httpx.Response:
+        return self.api.post(f"{self.base}/{notebook_id}/{verb}")
+
+    def delete(self, notebook_id: str, keep_workspace: bool = False) -> httpx.Response:
+        return self.api.delete(
+            f"{self.base}/{notebook_id}", params={"keep_workspace": keep_workspace}
+        )
+
+    def wait(self, notebook_id: str, *states: str, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        seen: list[str] = []
+        while time.monotonic() < deadline:
+            r = self.get(notebook_id)
+            if r.status_code == 404 and "DELETED" in states:
+                return {"status": {"state": "DELETED"}}
+            assert r.status_code == 200, r.text
+            nb = r.json()
+            state = nb["status"]["state"]
+            if not seen or seen[-1] != state:
+                seen.append(state)
+            if state in states:
+                return nb
+            time.sleep(0.2)
+        raise AssertionError(
+            f"{notebook_id} never reached {states}; saw {seen}; last {nb['status']}"
+        )
+
+    def containers(self, notebook_id: str) -> list:
+        return self.docker.containers.list(
+            all=True, filters={"label": f"{NOTEBOOK_LABEL}={notebook_id}"}
+        )
+
+
+@pytest.fixture()
+def notebooks(api, project, docker_client) -> Notebooks:
+    return Notebooks(api, project, docker_client)
