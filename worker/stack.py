@@ -87,6 +87,8 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Merged into the generated config file (tests add frameworks, flavors...).
     config_overrides: dict = field(default_factory=dict)
+    # Children write to our stdout instead of log files (one component per container).
+    log_to_stdout: bool = False
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -100,16 +102,24 @@ class Stack:
     def _load_secrets(self) -> dict[str, str]:
         """Credentials made once per data directory, so a restarted stack finds its data."""
         path = self.data_dir / "secrets.json"
-        if path.exists():
-            return json.loads(path.read_text())
         values = {
             "s3_access_key": "ainb" + secrets.token_hex(8),
             "s3_secret_key": secrets.token_urlsafe(32),
             "token_secret": secrets.token_urlsafe(32),
         }
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(values))
-        return values
+        try:
+            # Exclusive create: components started side by side (compose) agree on one set.
+            fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(values))
+            os.link(path.with_suffix(".tmp"), path)
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return json.loads(path.read_text())
 
     @property
     def s3_endpoint(self) -> str:
@@ -140,8 +150,8 @@ class Stack:
             },
             "platform_alias": "local",
             "token_secret": self.secrets["token_secret"],
-            **self.config_overrides,
         }
+        config = _merge(config, self.config_overrides)
         self.config_path.touch(mode=0o600)
         self.config_path.write_text(json.dumps(config, indent=2))
 
@@ -291,7 +301,8 @@ class Stack:
             raise RuntimeError(f"{name} exited at start:\n{self._log(name)()}")
 
     def _log(self, name: str):
-        return lambda: (self.data_dir / "logs" / f"{name}.log").read_text(errors="replace")[-4000:]
+        path = self.data_dir / "logs" / f"{name}.log"
+        return lambda: path.read_text(errors="replace")[-4000:] if path.exists() else "(see above)"
 
     def kill(self, name: str, sig: int = signal.SIGKILL, grace_s: float = 30) -> None:
         proc = self.procs.pop(name, None)
@@ -312,6 +323,17 @@ class Stack:
         for name in ["api", "host-agent", "control-worker", "s3", "temporal"]:
             # SeaweedFS lingers ~25 s on SIGTERM; its writes are already on disk by then.
             self.kill(name, signal.SIGTERM, grace_s=5 if name == "s3" else 30)
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = (
+            _merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
+    return out
 
 
 def _which(name: str) -> str:
@@ -336,6 +358,18 @@ def _wait_for(check, timeout: float, what: str, log) -> None:
     raise RuntimeError(f"{what} did not come up within {timeout:.0f}s; its log ends with:\n{log()}")
 
 
+def run_component(stack: Stack, component: str) -> None:
+    """Run one part until it exits or this process is told to stop."""
+    stack.write_config()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        getattr(stack, "start_" + component.replace("-", "_"))()
+        print(f"ainb {component} is up", flush=True)
+        sys.exit(stack.procs[component].wait())
+    except KeyboardInterrupt:
+        stack.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the whole ainb platform on this machine.")
     parser.add_argument(
@@ -343,7 +377,18 @@ def main() -> None:
     )
     parser.add_argument("--runtime", choices=["auto", "docker", "local"], default="auto")
     parser.add_argument("--api-port", type=int, default=8000)
+    parser.add_argument(
+        "--component",
+        choices=["temporal", "s3", "control-worker", "host-agent", "api"],
+        help="run only this part in the foreground (one per container in docker-compose.yml)",
+    )
     args = parser.parse_args()
+    if args.component:
+        stack = Stack(
+            args.data_dir, Ports(api=args.api_port), runtime=args.runtime, log_to_stdout=True
+        )
+        run_component(stack, args.component)
+        return
 
     from activities.runtime.docker_runtime import engine_answers
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import docker
 import docker.errors
 import docker.types
@@ -32,8 +34,19 @@ def engine_answers(timeout: float = 3.0) -> bool:
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, client: docker.DockerClient | None = None) -> None:
-        self._client = client or docker.from_env(timeout=60)
+    def __init__(self, connect: Callable[[], docker.DockerClient] | None = None) -> None:
+        self._connect = connect or (lambda: docker.from_env(timeout=60))
+        self._connected: docker.DockerClient | None = None
+
+    @property
+    def _client(self) -> docker.DockerClient:
+        # Connect lazily: an engine that is down now may be back by the next attempt.
+        if self._connected is None:
+            try:
+                self._connected = self._connect()
+            except docker.errors.DockerException as err:
+                raise RuntimeUnavailable(f"the Docker engine does not answer: {err}") from err
+        return self._connected
 
     def _get(self, notebook_id: str):
         try:

@@ -19,7 +19,7 @@ from activities.runtime.docker_runtime import (
     engine_answers,
 )
 from domain.config import JUPYTERLAB_IMAGE
-from worker.stack import Ports, Stack
+from worker.stack import Ports, Stack, free_port
 
 REQUIRE_DOCKER = os.environ.get("AINB_REQUIRE_DOCKER") == "1"
 MISSING_IMAGE = "ainb/does-not-exist:0"
@@ -68,6 +68,14 @@ def stack(tmp_path_factory, docker_client, project) -> Iterator[Stack]:
             "AINB_STOP_GRACE_S": "10",
         },
         config_overrides={
+            # An alias whose endpoint nothing listens on: storage that stays unreachable.
+            "storage_aliases": {
+                "down": {
+                    "endpoint": f"http://127.0.0.1:{free_port()}",
+                    "access_key": "x",
+                    "secret_key": "y",
+                }
+            },
             "frameworks": {
                 "python": {
                     "default_version": "3.11",
@@ -77,7 +85,7 @@ def stack(tmp_path_factory, docker_client, project) -> Iterator[Stack]:
                     "default_version": "1",
                     "versions": {"1": {"images": {"jupyterlab": MISSING_IMAGE}}},
                 },
-            }
+            },
         },
     )
     try:

@@ -215,3 +215,13 @@ def test_unreadable_volume_fails_and_starts_nothing(notebooks: Notebooks) -> Non
     assert notebooks.containers(nb["id"]) == []
     notebooks.delete(nb["id"])
     notebooks.wait(nb["id"], "DELETED")
+
+
+def test_unreachable_storage_is_an_error_after_retries(notebooks: Notebooks) -> None:
+    nb = notebooks.create(name="nostorage", volumes=["some-bucket@down:/workspace/d:ro"])
+    nb = notebooks.wait(nb["id"], "ERROR", timeout=180)
+    assert nb["status"]["info"]["code"] == "STORAGE_UNAVAILABLE"
+    assert "some-bucket" in nb["status"]["info"]["message"]
+    assert notebooks.containers(nb["id"]) == []
+    notebooks.delete(nb["id"])
+    notebooks.wait(nb["id"], "DELETED")

@@ -1,0 +1,91 @@
+"""The local-process runtime, used when no Docker engine answers: the same lifecycle with
+JupyterLab as a host process in the notebook's directory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from worker.stack import Ports, Stack
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory) -> Iterator[Stack]:
+    s = Stack(
+        tmp_path_factory.mktemp("ainb-local"),
+        Ports.random(),
+        runtime="local",
+        extra_env={"AINB_HEARTBEAT_TIMEOUT_S": "5", "AINB_STOP_GRACE_S": "10"},
+    )
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+def _wait(api: httpx.Client, path: str, state: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = api.get(path)
+        if r.status_code == 404 and state == "DELETED":
+            return {}
+        nb = r.json()
+        if nb["status"]["state"] == state:
+            return nb
+        time.sleep(0.2)
+    raise AssertionError(f"never reached {state}: {nb['status']}")
+
+
+def test_lifecycle_without_docker(local_stack: Stack) -> None:
+    assert "local-process runtime" in (local_stack.data_dir / "logs" / "host-agent.log").read_text()
+    with httpx.Client(base_url=local_stack.api_url, timeout=60) as api:
+        base = "/v1/projects/local/notebooks"
+        r = api.post(
+            base,
+            json={
+                "name": "proc",
+                "framework": {"id": "python"},
+                "resources": {"flavor": "ai1-1-cpu", "cpu": 1},
+            },
+        )
+        assert r.status_code == 201, r.text
+        nid = r.json()["id"]
+        path = f"{base}/{nid}"
+        nb = _wait(api, path, "RUNNING")
+        url = nb["status"]["url"]
+        server = url.split("/lab")[0]
+        assert httpx.get(f"{server}/api/status").status_code == 403
+        token = url.split("token=")[1]
+        auth = {"Authorization": f"token {token}"}
+        r = httpx.put(
+            f"{server}/api/contents/notes.txt",
+            headers=auth,
+            json={"type": "file", "format": "text", "content": "kept across restarts"},
+        )
+        assert r.status_code in (200, 201), r.text
+
+        assert api.post(f"{path}/stop").status_code == 202
+        _wait(api, path, "STOPPED")
+        assert not _answers(server)  # the editor process is gone
+
+        assert api.post(f"{path}/start").status_code == 202
+        nb = _wait(api, path, "RUNNING")
+        server = nb["status"]["url"].split("/lab")[0]
+        r = httpx.get(f"{server}/api/contents/notes.txt", headers=auth)
+        assert r.status_code == 200 and r.json()["content"] == "kept across restarts"
+
+        assert api.delete(path).status_code == 202
+        _wait(api, path, "DELETED")
+        assert not _answers(server)
+
+
+def _answers(server: str) -> bool:
+    try:
+        httpx.get(f"{server}/api/status", timeout=1)
+        return True
+    except httpx.TransportError:
+        return False
