@@ -44,6 +44,6 @@ class ControlActivities:
         try:
             return await asyncio.get_running_loop().run_in_executor(None, run)
         except StorageError as err:
-            if "NoSuchBucket" in str(err) or "does not exist" in str(err):
-                return 0
+            if err.code == "NoSuchBucket":
+                return 0  # nothing was ever saved
             raise ApplicationError(str(err), type=codes.STORAGE_UNAVAILABLE) from err

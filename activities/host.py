@@ -249,7 +249,13 @@ class HostActivities:
             "push",
             "workspace",
             functools.partial(
-                sync.push, s3, local, inp.bucket, inp.prefix, delete=True, exclude=inp.exclude
+                sync.push,
+                s3,
+                local,
+                inp.bucket,
+                inp.prefix,
+                delete=inp.mirror,
+                exclude=inp.exclude,
             ),
         )
 

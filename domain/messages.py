@@ -80,6 +80,8 @@ class WorkspaceSyncInput(BaseModel):
     prefix: str
     # Mount paths of volumes, relative to /workspace: their data is never part of the workspace.
     exclude: list[str] = Field(default_factory=list)
+    # Propagate deletions to the saved copy: only once there is one, restored at this start.
+    mirror: bool = True
 
 
 class LaunchInput(BaseModel):

@@ -241,21 +241,15 @@ class Stack:
         p = self.ports
         self._spawn(
             "s3",
-            [
+            weed_server_argv(
                 _which("weed"),
-                "server",
-                f"-dir={s3_dir}",
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                f"-master.port={p.weed_master}",
-                f"-volume.port={p.weed_volume}",
-                f"-filer.port={p.weed_filer}",
-                "-master.volumeSizeLimitMB=256",
-                "-volume.max=0",
-                "-s3",
-                f"-s3.port={p.s3}",
-                f"-s3.config={s3_config}",
-            ],
+                data_dir=s3_dir,
+                config=s3_config,
+                s3_port=p.s3,
+                master_port=p.weed_master,
+                volume_port=p.weed_volume,
+                filer_port=p.weed_filer,
+            ),
         )
         client = self.s3_client()
 
@@ -321,8 +315,43 @@ class Stack:
     def stop(self) -> None:
         """Stop in reverse order of start, politely first."""
         for name in ["api", "host-agent", "control-worker", "s3", "temporal"]:
-            # SeaweedFS lingers ~25 s on SIGTERM; its writes are already on disk by then.
-            self.kill(name, signal.SIGTERM, grace_s=5 if name == "s3" else 30)
+            # SeaweedFS takes ~15 s to stop politely; what it acknowledged is on disk already.
+            self.kill(name, signal.SIGTERM, grace_s=3 if name == "s3" else 30)
+
+
+def weed_server_argv(
+    weed: str,
+    *,
+    data_dir: Path,
+    config: Path,
+    s3_port: int,
+    master_port: int,
+    volume_port: int,
+    filer_port: int,
+    volume_size_limit_mb: int = 256,
+) -> list[str]:
+    """A loopback-only SeaweedFS with S3 and identities from ``config``."""
+    return [
+        weed,
+        "server",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={master_port}",
+        f"-volume.port={volume_port}",
+        f"-filer.port={filer_port}",
+        "-s3",
+        f"-s3.port={s3_port}",
+        f"-s3.config={config}",
+        # Extra listeners we do not use would collide between two stacks on one machine.
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-master.volumeSizeLimitMB={volume_size_limit_mb}",
+        "-master.telemetry=false",
+        "-master.electionTimeout=1s",  # restart on the same data without a 10 s election
+        "-volume.max=0",
+        "-volume.preStopSeconds=0",  # stop promptly: writes are already on disk
+    ]
 
 
 def _merge(base: dict, overrides: dict) -> dict:

@@ -165,13 +165,19 @@ class NotebookWorkflow:
             self._transition(S.RUNNING, Info(message="the editor is answering"))
 
     async def _start_sequence(self) -> None:
-        placement: Placement = await workflow.execute_activity(
-            A.PLACE,
-            PlaceInput(ref=self._ref, resources=self._inp.spec.resources),
-            result_type=Placement,
-            task_queue=CONTROL_TASK_QUEUE,
-            start_to_close_timeout=timedelta(seconds=30),
-        )
+        try:
+            placement: Placement = await workflow.execute_activity(
+                A.PLACE,
+                PlaceInput(ref=self._ref, resources=self._inp.spec.resources),
+                result_type=Placement,
+                task_queue=CONTROL_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError() from err
+            raise _ActivityFailed(S.ERROR, _failure_info(err, codes.LAUNCH_FAILED)) from err
         self._task_queue = placement.task_queue
         self._status.host = placement.host
         self._set_info(Info(message=f"placed on host {placement.host}; pulling data"))
@@ -290,7 +296,12 @@ class NotebookWorkflow:
                 if _is_host_lost(err) or isinstance(err.cause, TimeoutError):
                     self._host_lost("the host stopped answering while the notebook was running")
                     return
-                raise
+                # Anything else is ours: tear down and report it rather than fail the workflow.
+                info = _failure_info(err, codes.INTERNAL_ERROR)
+                self._outcome = (S.ERROR, info)
+                if self._status.state == S.RUNNING:
+                    self._transition(S.STOPPING, info)
+                return
             break
         if result.exit_code == 0:
             info = Info(code=codes.EXITED, message="the editor exited normally (exit code 0)")
@@ -426,6 +437,7 @@ class NotebookWorkflow:
             bucket=ws.bucket,
             prefix=ws.prefix,
             exclude=[v.relative_mount for v in self._inp.spec.volumes],
+            mirror=ws.saved,
         )
 
     def _heartbeat_timeout(self) -> timedelta:
