@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.integration.conftest import Notebooks
@@ -81,9 +83,16 @@ def test_list_filters_by_state_and_label(notebooks: Notebooks) -> None:
         assert r.status_code == 200, r.text
         return {n["id"] for n in r.json()}
 
+    def eventually(check) -> None:
+        # Lists come from Temporal's visibility store, which trails a transition briefly.
+        deadline = time.monotonic() + 10
+        while not check():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
     assert {a["id"], b["id"]} <= ids()
-    assert a["id"] in ids(state="RUNNING") and b["id"] not in ids(state="RUNNING")
-    assert b["id"] in ids(state="STOPPED")
+    eventually(lambda: a["id"] in ids(state="RUNNING") and b["id"] not in ids(state="RUNNING"))
+    eventually(lambda: b["id"] in ids(state="STOPPED"))
     assert ids(label="team=nlp") == {a["id"]}
     assert ids(label=["team=nlp", "tier=gold"]) == {a["id"]}
     assert ids(label=["team=nlp", "tier=silver"]) == set()
@@ -93,4 +102,4 @@ def test_list_filters_by_state_and_label(notebooks: Notebooks) -> None:
         notebooks.delete(n["id"])
     for n in (a, b):
         notebooks.wait(n["id"], "DELETED")
-    assert not {a["id"], b["id"]} & ids()
+    eventually(lambda: not {a["id"], b["id"]} & ids())
