@@ -136,8 +136,9 @@ class NotebookService:
         self, project: str, state: NotebookState | None = None, labels: dict[str, str] | None = None
     ) -> list[Notebook]:
         query = f"WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running' AND NotebookProject = '{project}'"
-        if state is not None:
-            query += f" AND NotebookState = '{state.value}'"
+        # The state filter is applied to each notebook's queried state, not to the
+        # NotebookState search attribute: visibility can trail a transition by seconds
+        # under load, and a list must not disagree with the GET of the same notebook.
         for term in sa.label_terms(labels or {}):
             query += f" AND NotebookLabels = '{_quote(term)}'"
         ids = [
@@ -155,7 +156,6 @@ class NotebookService:
 
         found = await asyncio.gather(*(one(i) for i in ids))
         notebooks = [n for n in found if n is not None]
-        # Visibility lags a transition by a moment: the query's state is the truth.
         if state is not None:
             notebooks = [n for n in notebooks if n.status.state == state]
         notebooks.sort(key=lambda n: n.created_at)
