@@ -13,18 +13,27 @@ from activities.storage.clients import S3Clients
 from activities.storage.errors import StorageError
 from domain import activity_names as A
 from domain import codes
+from domain.billing import UsageRecord
 from domain.config import Settings
 from domain.ids import host_task_queue
 from domain.messages import DeleteWorkspaceInput, PlaceInput, Placement
+from ledger.sqlite import SqliteLedger
 
 
 class ControlActivities:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._s3 = S3Clients(settings)
+        self._ledger = SqliteLedger(settings.ledger_file)
 
     def activities(self) -> list:
-        return [self.place_notebook, self.delete_workspace]
+        return [self.place_notebook, self.delete_workspace, self.record_usage]
+
+    @activity.defn(name=A.RECORD_USAGE)
+    async def record_usage(self, record: UsageRecord) -> bool:
+        """Idempotent by the record's key: a write retried after a crash changes nothing."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._ledger.record, record)
 
     @activity.defn(name=A.PLACE)
     async def place_notebook(self, inp: PlaceInput) -> Placement:

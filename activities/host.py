@@ -51,6 +51,7 @@ from domain.messages import (
     StopContainerResult,
     SyncResult,
     VolumeSyncInput,
+    WatchInput,
     WatchResult,
     WorkspaceSyncInput,
 )
@@ -389,16 +390,21 @@ class HostActivities:
                 await asyncio.sleep(0.2)
 
     @activity.defn(name=A.WATCH_CONTAINER)
-    async def watch_container(self, ref: NotebookRef) -> WatchResult:
-        """Heartbeat while the container runs: the heartbeats are the proof of RUNNING time."""
+    async def watch_container(self, inp: WatchInput) -> WatchResult:
+        """Heartbeat while the container runs (the heartbeats prove RUNNING time); return
+        when it exits, or after ``max_s`` still running so the workflow can checkpoint."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + inp.max_s
         last_seen: datetime | None = None
         while True:
             details = ({"last_seen_running_at": last_seen.isoformat()},) if last_seen else ()
             try:
-                state = await self._blocking(self._runtime.poll, ref.notebook_id, heartbeat=details)
+                state = await self._blocking(
+                    self._runtime.poll, inp.ref.notebook_id, heartbeat=details
+                )
             except RuntimeUnavailable:
-                # The engine hiccups; the container may well be running. Say nothing, so
-                # the heartbeat timeout decides if this lasts too long.
+                # The engine hiccups; the container may well be running. Heartbeat nothing
+                # new, so the heartbeat timeout decides if this lasts too long.
                 await asyncio.sleep(POLL_S)
                 continue
             if state is None:
@@ -407,7 +413,9 @@ class HostActivities:
                 return WatchResult(exit_code=state.exit_code, last_seen_running_at=last_seen)
             last_seen = _now()
             activity.heartbeat({"last_seen_running_at": last_seen.isoformat()})
-            await asyncio.sleep(POLL_S)
+            if loop.time() >= until:
+                return WatchResult(running=True, last_seen_running_at=last_seen)
+            await asyncio.sleep(min(POLL_S, max(0.0, until - loop.time())))
 
     @activity.defn(name=A.STOP_CONTAINER)
     async def stop_container(self, inp: StopContainerInput) -> StopContainerResult:

@@ -75,3 +75,9 @@ def validate(settings: Settings, spec: NotebookSpec) -> tuple[NotebookSpec, str]
     check_resources(settings, spec)
     check_volumes(settings, spec)
     return resolve_image(settings, spec)
+
+
+def check_timeout(settings: Settings, timeout: int) -> None:
+    low, high = settings.timeout_min_s, settings.timeout_max_s
+    if not low <= timeout <= high:
+        raise _unprocessable("timeout", f"must be between {low} and {high} seconds, got {timeout}")

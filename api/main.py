@@ -10,9 +10,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from api import errors
-from api.routers import health, notebooks
+from api.routers import health, notebooks, usage
 from api.service import NotebookService
+from api.usage import UsageService
 from domain.config import Settings
+from ledger.sqlite import SqliteLedger
 from worker.connect import connect
 
 
@@ -25,6 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.client = client
         app.state.service = NotebookService(client, settings)
+        app.state.usage = UsageService(app.state.service, SqliteLedger(settings.ledger_file))
         yield
 
     app = FastAPI(
@@ -36,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(notebooks.router)
+    app.include_router(usage.router)
     return app
 
 

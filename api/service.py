@@ -20,7 +20,14 @@ from api.errors import ApiError
 from domain import search_attributes as sa
 from domain.config import Settings
 from domain.ids import CONTROL_TASK_QUEUE, valid_notebook_id, workflow_id
-from domain.messages import DeleteRequest, NotebookInput, StartRequest, StopRequest, Tuning
+from domain.messages import (
+    DeleteRequest,
+    NotebookInput,
+    PatchRequest,
+    StartRequest,
+    StopRequest,
+    Tuning,
+)
 from domain.spec import NotebookSpec
 from domain.states import NotebookState
 from domain.status import Info, Notebook, NotebookStatus, initial_notebook
@@ -47,6 +54,8 @@ class NotebookService:
             host_pickup_timeout_s=s.host_pickup_timeout_s,
             start_sync_attempts=s.start_sync_attempts,
             stop_grace_s=s.stop_grace_s,
+            checkpoint_s=s.checkpoint_s,
+            max_history_events=s.max_history_events,
         )
 
     def _present(self, notebook: Notebook) -> Notebook:
@@ -65,6 +74,7 @@ class NotebookService:
 
     async def create(self, project: str, spec: NotebookSpec) -> Notebook:
         spec, image = catalog.validate(self._settings, spec)
+        catalog.check_timeout(self._settings, spec.timeout)
         inp = NotebookInput(
             project=project,
             notebook_id=uuid.uuid4().hex,
@@ -185,6 +195,11 @@ class NotebookService:
 
     async def stop(self, project: str, notebook_id: str) -> Notebook:
         return await self._update(project, notebook_id, "stop", StopRequest())
+
+    async def patch(self, project: str, notebook_id: str, req: PatchRequest) -> Notebook:
+        if req.timeout is not None:
+            catalog.check_timeout(self._settings, req.timeout)
+        return await self._update(project, notebook_id, "patch", req)
 
     async def delete(self, project: str, notebook_id: str, keep_workspace: bool) -> Notebook:
         return await self._update(

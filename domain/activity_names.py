@@ -3,6 +3,7 @@
 
 PLACE = "place_notebook"
 DELETE_WORKSPACE = "delete_workspace"
+RECORD_USAGE = "record_usage"
 
 PULL_VOLUME = "pull_volume"
 PUSH_VOLUME = "push_volume"

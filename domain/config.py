@@ -95,11 +95,19 @@ class Settings(BaseSettings):
     frameworks: dict[str, FrameworkEntry] = Field(default_factory=_default_frameworks)
     flavors: dict[str, Flavor] = Field(default_factory=_default_flavors)
 
+    # The usage ledger (embedded default: a SQLite file in the data directory).
+    ledger_path: Path | None = None
+    # Range of notebook timeouts a user may ask for, in seconds.
+    timeout_min_s: int = 600
+    timeout_max_s: int = 30 * 24 * 3600
+
     # Timeouts the API writes into each new workflow (see domain.messages.Tuning).
     heartbeat_timeout_s: float = 30.0
     host_pickup_timeout_s: float = 120.0
     start_sync_attempts: int = 5
     stop_grace_s: float = 20.0
+    checkpoint_s: float = 900.0
+    max_history_events: int = 4000
 
     @classmethod
     def load(cls) -> Settings:
@@ -108,6 +116,10 @@ class Settings(BaseSettings):
         file_values = json.loads(Path(path).read_text()) if path else {}
         env_values = cls().model_dump(exclude_unset=True)
         return cls.model_validate({**file_values, **env_values})
+
+    @property
+    def ledger_file(self) -> Path:
+        return self.ledger_path or self.data_dir / "ledger.sqlite"
 
     def storage(self, alias: str) -> StorageAlias:
         try:

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from domain.billing import PeriodUsage, UsageRecord
 from domain.spec import NotebookSpec, Resources, Volume
 from domain.status import NotebookStatus, SyncProgress
 
@@ -26,6 +27,40 @@ class Tuning(BaseModel):
     ready_timeout_s: float = 180.0
     stop_grace_s: float = 20.0
     push_retry_max_interval_s: float = 60.0
+    # A RUNNING notebook's usage reaches the ledger at least this often.
+    checkpoint_s: float = 900.0
+    # Continue-as-new past this many history events (Temporal warns at 10,240).
+    max_history_events: int = 4000
+
+
+class RunSettings(BaseModel):
+    """What a run was started with: PATCHed values apply from the next start."""
+
+    timeout_s: int
+    auto_restart: bool
+
+
+class BillingState(BaseModel):
+    period: int = 0  # RUNNING periods begun
+    started_at: datetime | None = None  # start of the current period; None when not RUNNING
+    seq: int = 0  # records decided for the current period
+    billed: int = 0  # minutes decided for the current period
+    billed_until: datetime | None = None  # the current period is billed up to here
+    last_seen_running_at: datetime | None = None  # from the watch's heartbeats
+    total_minutes: int = 0
+    periods: list[PeriodUsage] = Field(default_factory=list)  # the latest ones
+    pending: list[UsageRecord] = Field(default_factory=list)  # decided, not yet in the ledger
+
+
+class Carry(BaseModel):
+    """Everything a run hands to the next across continue-as-new."""
+
+    status: NotebookStatus
+    updated_at: datetime
+    billing: BillingState
+    task_queue: str | None = None
+    container_launched: bool = False
+    run: RunSettings | None = None
 
 
 class NotebookInput(BaseModel):
@@ -37,8 +72,7 @@ class NotebookInput(BaseModel):
     created_at: datetime
     tuning: Tuning = Field(default_factory=Tuning)
     # Carried over by continue-as-new; None for a new notebook (which starts at once).
-    status: NotebookStatus | None = None
-    updated_at: datetime | None = None
+    carry: Carry | None = None
 
 
 class StartRequest(BaseModel):
@@ -51,6 +85,11 @@ class StopRequest(BaseModel):
 
 class DeleteRequest(BaseModel):
     keep_workspace: bool = False
+
+
+class PatchRequest(BaseModel):
+    timeout: int | None = None
+    timeout_auto_restart: bool | None = None
 
 
 class NotebookRef(BaseModel):
@@ -103,8 +142,15 @@ class ReadyInput(BaseModel):
     timeout_s: float
 
 
+class WatchInput(BaseModel):
+    ref: NotebookRef
+    # Return "still running" after this long, so the workflow can checkpoint usage.
+    max_s: float
+
+
 class WatchResult(BaseModel):
-    exit_code: int | None  # None: the container vanished without an exit code
+    running: bool = False  # still running after max_s
+    exit_code: int | None = None  # None when not running: it vanished without an exit code
     last_seen_running_at: datetime | None = None
 
 

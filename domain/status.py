@@ -74,6 +74,11 @@ class NotebookStatus(BaseModel):
     last_stopped_at: datetime | None = None
     volumes: list[VolumeStatus] = Field(default_factory=list)
     workspace: WorkspaceStatus | None = None
+    # While RUNNING: when the timeout stops it, and minutes billed (recorded) so far.
+    auto_stop_at: datetime | None = None
+    auto_restart: bool = False
+    billed_minutes_current: int = 0
+    billed_minutes_total: int = 0
 
 
 class Notebook(BaseModel):

@@ -8,7 +8,7 @@ host's own task queue, so a dead host shows up as a schedule-to-start timeout.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -25,23 +25,29 @@ with workflow.unsafe.imports_passed_through():
     from domain import activity_names as A
     from domain import codes
     from domain import search_attributes as sa
+    from domain.billing import PeriodUsage, UsageRecord, billed_minutes
     from domain.ids import CONTROL_TASK_QUEUE
     from domain.messages import (
+        BillingState,
+        Carry,
         DeleteRequest,
         DeleteWorkspaceInput,
         LaunchInput,
         LaunchResult,
         NotebookInput,
         NotebookRef,
+        PatchRequest,
         PlaceInput,
         Placement,
         ReadyInput,
+        RunSettings,
         StartRequest,
         StopContainerInput,
         StopContainerResult,
         StopRequest,
         SyncResult,
         VolumeSyncInput,
+        WatchInput,
         WatchResult,
         WorkspaceSyncInput,
     )
@@ -93,21 +99,26 @@ class NotebookWorkflow:
     def __init__(self, inp: NotebookInput) -> None:
         self._inp = inp
         self._ref = NotebookRef(project=inp.project, notebook_id=inp.notebook_id)
-        self._status = inp.status or initial_status(inp)
-        self._updated_at = inp.updated_at or inp.created_at
-        self._task_queue: str | None = None
+        carry = inp.carry
+        self._status = carry.status if carry else initial_status(inp)
+        self._updated_at = carry.updated_at if carry else inp.created_at
+        self._billing = carry.billing if carry else BillingState()
+        self._task_queue: str | None = carry.task_queue if carry else None
+        self._container_launched = carry.container_launched if carry else False
+        self._run: RunSettings | None = carry.run if carry else None
         self._phase: asyncio.Task[Any] | None = None
         # How the current run ends, decided by whoever ended it (user, editor, failure).
         self._outcome: tuple[NotebookState, Info] | None = None
+        self._restart_after_stop = False
         self._delete_after_stop = False
         self._keep_workspace = False
-        self._container_launched = False
 
     # ---------------------------------------------------------------- main loop
 
     @workflow.run
     async def run(self, inp: NotebookInput) -> Notebook:
         while True:
+            await self._flush_usage()
             state = self._status.state
             if state == S.STARTING:
                 await self._run_phase(self._starting())
@@ -116,6 +127,7 @@ class NotebookWorkflow:
             elif state in (S.STOPPING, S.DELETING):
                 await self._teardown()
                 if self._status.state == S.DELETED:
+                    await self._flush_usage()
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     return self._snapshot()
             else:
@@ -146,8 +158,11 @@ class NotebookWorkflow:
 
     async def _starting(self) -> None:
         self._outcome = None
+        self._restart_after_stop = False
         self._container_launched = False
         self._task_queue = None
+        spec = self._inp.spec
+        self._run = RunSettings(timeout_s=spec.timeout, auto_restart=spec.timeout_auto_restart)
         self._status.url = None
         self._status.container = None
         try:
@@ -161,7 +176,7 @@ class NotebookWorkflow:
                 self._transition(S.STOPPING, failed.info)
             return
         if self._status.state == S.STARTING:
-            self._status.last_started_at = workflow.now()
+            self._open_period()
             self._transition(S.RUNNING, Info(message="the editor is answering"))
 
     async def _start_sequence(self) -> None:
@@ -272,37 +287,97 @@ class NotebookWorkflow:
         self._status.volumes[index].last_sync = result.progress
 
     async def _running(self) -> None:
-        """Watch the container until it exits; a stop or delete cancels this phase."""
+        """Watch the container until it exits or its timeout; checkpoint usage on the way.
+        A stop or delete cancels this phase."""
+        b = self._billing
+        assert b.started_at is not None and self._run is not None
+        deadline = b.started_at + timedelta(seconds=self._run.timeout_s)
+        while True:
+            now = workflow.now()
+            if now >= deadline:
+                # The period ends at the deadline itself, not when the timer got round to it.
+                self._bill_until(deadline, final=True)
+                self._timed_out()
+                return
+            interval = min(timedelta(seconds=self._inp.tuning.checkpoint_s), deadline - now)
+            planned = now + interval
+            try:
+                result = await self._watch(interval)
+            except _ActivityFailed as failed:
+                # Ours, not the user's: tear down and say so rather than fail the workflow.
+                self._outcome = (S.ERROR, failed.info)
+                self._transition(S.STOPPING, failed.info)
+                return
+            if result is None:
+                self._host_lost("the host stopped answering while the notebook was running")
+                return
+            if not result.running:
+                self._exited(result)
+                return
+            # "Still running" is proof up to now: bill it, then wait out the interval (the
+            # watch on a real host already did; a test's fake returns at once).
+            self._bill_until(workflow.now(), final=False)
+            self._publish_details()
+            await self._flush_usage()
+            rest = planned - workflow.now()
+            if rest > timedelta(0):
+                await workflow.sleep(rest)
+            await self._maybe_continue_as_new()
+
+    async def _watch(self, interval: timedelta) -> WatchResult | None:
+        """One watch of the container; None when the host is lost."""
+        failures = 0
         while True:
             try:
-                result: WatchResult = await workflow.execute_activity(
+                return await workflow.execute_activity(
                     A.WATCH_CONTAINER,
-                    self._ref,
+                    WatchInput(ref=self._ref, max_s=interval.total_seconds()),
                     result_type=WatchResult,
                     task_queue=self._task_queue,
                     schedule_to_start_timeout=self._pickup_timeout(),
-                    start_to_close_timeout=timedelta(days=3650),
+                    start_to_close_timeout=interval + timedelta(minutes=10),
                     heartbeat_timeout=self._heartbeat_timeout(),
-                    # A restarted host agent picks the watch up again; a dead one never
-                    # does, which the schedule-to-start timeout turns into HOST_LOST.
-                    retry_policy=RetryPolicy(
-                        initial_interval=timedelta(seconds=1),
-                        maximum_interval=timedelta(seconds=10),
-                    ),
+                    # The workflow retries itself, to keep the last heartbeat of each attempt.
+                    retry_policy=RetryPolicy(maximum_attempts=1),
                 )
             except ActivityError as err:
-                if isinstance(err.cause, CancelledError):
+                cause = err.cause
+                if isinstance(cause, CancelledError):
                     raise asyncio.CancelledError() from err
-                if _is_host_lost(err) or isinstance(err.cause, TimeoutError):
-                    self._host_lost("the host stopped answering while the notebook was running")
-                    return
-                # Anything else is ours: tear down and report it rather than fail the workflow.
-                info = _failure_info(err, codes.INTERNAL_ERROR)
-                self._outcome = (S.ERROR, info)
-                if self._status.state == S.RUNNING:
-                    self._transition(S.STOPPING, info)
-                return
-            break
+                if isinstance(cause, TimeoutError):
+                    self._note_heartbeat(cause.last_heartbeat_details)
+                    if cause.type == TimeoutType.SCHEDULE_TO_START:
+                        return None  # nobody took the watch again: the host is gone
+                    continue  # the agent died or restarted: watch again (re-adopt)
+                failures += 1
+                if failures >= 5:
+                    raise _ActivityFailed(
+                        S.ERROR, _failure_info(err, codes.INTERNAL_ERROR)
+                    ) from err
+                await workflow.sleep(timedelta(seconds=2))
+
+    def _note_heartbeat(self, details: Any) -> None:
+        for detail in details or ():
+            seen = detail.get("last_seen_running_at") if isinstance(detail, dict) else None
+            if seen:
+                at = datetime.fromisoformat(seen)
+                b = self._billing
+                if b.last_seen_running_at is None or at > b.last_seen_running_at:
+                    b.last_seen_running_at = at
+
+    def _timed_out(self) -> None:
+        assert self._run is not None
+        restart = self._run.auto_restart
+        info = Info(
+            code=codes.TIMEOUT,
+            message=f"RUNNING for its timeout of {self._run.timeout_s}s: stopped automatically"
+            + ("; it restarts (auto-restart)" if restart else ""),
+        )
+        self._outcome = (S.STOPPED, info)
+        self._restart_after_stop = restart
+        self._transition(S.STOPPING, info)
+
+    def _exited(self, result: WatchResult) -> None:
         if result.exit_code == 0:
             info = Info(code=codes.EXITED, message="the editor exited normally (exit code 0)")
             self._outcome = (S.STOPPED, info)
@@ -317,6 +392,95 @@ class NotebookWorkflow:
             self._outcome = (S.FAILED, info)
         if self._status.state == S.RUNNING:
             self._transition(S.STOPPING, info)
+
+    # ----------------------------------------------------------------- billing
+
+    def _open_period(self) -> None:
+        assert self._run is not None
+        now = workflow.now()
+        b = self._billing
+        b.period += 1
+        b.started_at = b.billed_until = now
+        b.seq = b.billed = 0
+        b.last_seen_running_at = None
+        self._status.last_started_at = now
+        self._status.auto_stop_at = now + timedelta(seconds=self._run.timeout_s)
+        self._status.auto_restart = self._run.auto_restart
+        self._status.billed_minutes_current = 0
+
+    def _bill_until(self, until: datetime, *, final: bool) -> None:
+        """Decide the ledger record that brings the period's billed minutes up to
+        ``until``; the records of a period add up to billed_minutes(period) (I4)."""
+        b = self._billing
+        if b.started_at is None:
+            return
+        assert b.billed_until is not None
+        until = max(until, b.billed_until)
+        minutes = billed_minutes(until - b.started_at)
+        delta = minutes - b.billed
+        if delta > 0 or final:
+            b.seq += 1
+            spec = self._inp.spec
+            b.pending.append(
+                UsageRecord(
+                    key=f"{self._inp.notebook_id}/{b.period}/{b.seq}",
+                    project=self._inp.project,
+                    notebook_id=self._inp.notebook_id,
+                    period=b.period,
+                    seq=b.seq,
+                    flavor=spec.resources.flavor,
+                    kind=spec.resources.kind,
+                    quantity=spec.resources.units,
+                    minutes=delta,
+                    period_started_at=b.started_at,
+                    recorded_at=until,
+                    final=final,
+                )
+            )
+        b.billed, b.billed_until = minutes, until
+        b.total_minutes += delta
+        self._status.billed_minutes_current = minutes
+        self._status.billed_minutes_total = b.total_minutes
+        if final:
+            spec = self._inp.spec
+            b.periods.append(
+                PeriodUsage(
+                    period=b.period,
+                    flavor=spec.resources.flavor,
+                    kind=spec.resources.kind,
+                    quantity=spec.resources.units,
+                    started_at=b.started_at,
+                    ended_at=until,
+                    seconds=(until - b.started_at).total_seconds(),
+                    minutes=minutes,
+                )
+            )
+            del b.periods[:-20]  # the ledger keeps them all
+            b.started_at = None
+            self._status.auto_stop_at = None
+
+    async def _flush_usage(self) -> None:
+        """Write decided records to the ledger, in order; a retried write is a no-op."""
+        b = self._billing
+        while b.pending:
+            await workflow.execute_activity(
+                A.RECORD_USAGE,
+                b.pending[0],
+                task_queue=CONTROL_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+            )
+            b.pending.pop(0)
+
+    async def _maybe_continue_as_new(self) -> None:
+        info = workflow.info()
+        if (
+            info.get_current_history_length() > self._inp.tuning.max_history_events
+            or info.is_continue_as_new_suggested()
+        ):
+            await self._flush_usage()
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            workflow.continue_as_new(self._carry_over())
 
     async def _teardown(self) -> None:
         """The stop sequence: container gone, data pushed, local data removed (I2, I3)."""
@@ -367,6 +531,11 @@ class NotebookWorkflow:
 
         state, info = self._outcome or (S.STOPPED, Info(code=codes.STOPPED_BY_USER))
         self._transition(state, info)
+        if self._restart_after_stop and state == S.STOPPED:
+            self._restart_after_stop = False
+            self._transition(
+                S.STARTING, Info(message="restarting after its timeout (auto-restart)")
+            )
 
     async def _push_data(self) -> None:
         """Push what was fully pulled, retrying until storage takes it: a stop is never
@@ -485,6 +654,12 @@ class NotebookWorkflow:
             raise _ActivityFailed(state, info) from err
 
     def _host_lost(self, message: str) -> None:
+        # Billing ends at the last heartbeat that saw the container running (or the last
+        # checkpoint), not when the loss was noticed.
+        b = self._billing
+        if b.started_at is not None:
+            seen = b.last_seen_running_at or b.started_at
+            self._bill_until(min(seen, workflow.now()), final=True)
         # Nothing can be pushed from a lost host: the last checkpoint is what remains (I2).
         self._task_queue = None
         if self._container_launched:
@@ -495,6 +670,8 @@ class NotebookWorkflow:
             self._transition(S.ERROR, Info(code=codes.HOST_LOST, message=message))
 
     def _transition(self, state: NotebookState, info: Info) -> None:
+        if self._status.state == S.RUNNING and state != S.RUNNING:
+            self._bill_until(workflow.now(), final=True)
         self._status.state = state
         self._set_info(info)
         workflow.upsert_search_attributes(
@@ -503,7 +680,23 @@ class NotebookWorkflow:
                 sa.HOST.value_set(self._status.host or ""),
             ]
         )
-        workflow.set_current_details(f"**{state.value}** {info.code or ''} {info.message}".strip())
+        self._publish_details()
+
+    def _publish_details(self) -> None:
+        """The Web UI's "current details": what an operator asks about a notebook."""
+        st = self._status
+        lines = [f"**{st.state.value}** {st.info.code or ''} {st.info.message}".strip()]
+        if st.state == S.RUNNING and st.last_started_at and st.auto_stop_at:
+            lines.append(
+                f"RUNNING since {st.last_started_at.isoformat(timespec='seconds')}; "
+                f"auto-stop at {st.auto_stop_at.isoformat(timespec='seconds')}"
+                + (" (then restarts)" if st.auto_restart else "")
+            )
+        lines.append(
+            f"billed: {st.billed_minutes_current} min this run (recorded so far), "
+            f"{st.billed_minutes_total} min in all"
+        )
+        workflow.set_current_details("\n\n".join(lines))
 
     def _set_info(self, info: Info) -> None:
         self._status.info = info
@@ -521,7 +714,15 @@ class NotebookWorkflow:
         )
 
     def _carry_over(self) -> NotebookInput:
-        return self._inp.model_copy(update={"status": self._status, "updated_at": self._updated_at})
+        carry = Carry(
+            status=self._status,
+            updated_at=self._updated_at,
+            billing=self._billing,
+            task_queue=self._task_queue,
+            container_launched=self._container_launched,
+            run=self._run,
+        )
+        return self._inp.model_copy(update={"carry": carry})
 
     def _check(self, command: Command) -> Outcome:
         result = outcome(self._status.state, command)
@@ -563,6 +764,24 @@ class NotebookWorkflow:
     @stop.validator
     def _validate_stop(self, req: StopRequest) -> None:
         self._check(Command.STOP)
+
+    @workflow.update
+    def patch(self, req: PatchRequest) -> Notebook:
+        """Change the timeout or auto-restart; the running run keeps what it started with."""
+        changes = req.model_dump(exclude_none=True)
+        spec = self._inp.spec.model_copy(update=changes)
+        self._inp = self._inp.model_copy(update={"spec": spec})
+        self._updated_at = workflow.now()
+        return self._snapshot()
+
+    @patch.validator
+    def _validate_patch(self, req: PatchRequest) -> None:
+        if self._status.state in (S.DELETING, S.DELETED):
+            raise ApplicationError(
+                f"cannot change a notebook that is {self._status.state.value}",
+                type="CONFLICT",
+                non_retryable=True,
+            )
 
     @workflow.update
     def delete(self, req: DeleteRequest) -> Notebook:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, status
 
 from api.deps import Project, Service
 from api.errors import ApiError
+from domain.messages import PatchRequest
 from domain.spec import NotebookSpec
 from domain.states import NotebookState
 from domain.status import Notebook
@@ -53,6 +54,14 @@ async def start_notebook(project: Project, notebook_id: str, service: Service) -
 @router.post("/{notebook_id}/stop", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook)
 async def stop_notebook(project: Project, notebook_id: str, service: Service) -> Notebook:
     return await service.stop(project, notebook_id)
+
+
+@router.patch("/{notebook_id}", response_model=Notebook)
+async def patch_notebook(
+    project: Project, notebook_id: str, changes: PatchRequest, service: Service
+) -> Notebook:
+    """Change `timeout` or `timeout_auto_restart`; they take effect from the next start."""
+    return await service.patch(project, notebook_id, changes)
 
 
 @router.delete("/{notebook_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook)

@@ -13,6 +13,7 @@ from temporalio.exceptions import ApplicationError
 
 from domain import activity_names as A
 from domain import codes
+from domain.billing import UsageRecord
 from domain.ids import host_task_queue
 from domain.messages import (
     DeleteWorkspaceInput,
@@ -26,6 +27,7 @@ from domain.messages import (
     StopContainerResult,
     SyncResult,
     VolumeSyncInput,
+    WatchInput,
     WatchResult,
     WorkspaceSyncInput,
 )
@@ -48,6 +50,14 @@ class Script:
     container_running: bool = False
     exit_code: int | None = None  # set while running: the editor exits with it
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    # The watch answers "still running" at once instead of after max_s (real) seconds:
+    # time-skipping tests need no activity in flight while the server skips time.
+    instant_watch: bool = False
+    ledger: dict[str, UsageRecord] = field(default_factory=dict)
+    ledger_writes: int = 0
+
+    def billed(self, notebook_id: str | None = None) -> int:
+        return sum(r.minutes for r in self.ledger.values() if notebook_id in (None, r.notebook_id))
 
     def editor_exits(self, code: int) -> None:
         self.exit_code = code
@@ -143,16 +153,25 @@ def fake_activities(script: Script) -> tuple[list, list]:
         script.calls["ready"] += 1
 
     @activity.defn(name=A.WATCH_CONTAINER)
-    async def watch_container(ref: NotebookRef) -> WatchResult:
+    async def watch_container(inp: WatchInput) -> WatchResult:
         script.calls["watch"] += 1
+        if not script.instant_watch:
+            try:
+                await asyncio.wait_for(_wait_exit(), inp.max_s)
+            except TimeoutError:
+                pass
+        if not script.exited.is_set():
+            return WatchResult(running=True)
+        script.container_running = False
+        return WatchResult(exit_code=script.exit_code)
+
+    async def _wait_exit() -> None:
         while not script.exited.is_set():
             activity.heartbeat()
             try:
                 await asyncio.wait_for(script.exited.wait(), 0.2)
             except TimeoutError:
                 pass
-        script.container_running = False
-        return WatchResult(exit_code=script.exit_code)
 
     @activity.defn(name=A.STOP_CONTAINER)
     async def stop_container(inp: StopContainerInput) -> StopContainerResult:
@@ -166,7 +185,15 @@ def fake_activities(script: Script) -> tuple[list, list]:
     async def remove_local_data(ref: NotebookRef) -> None:
         script.calls["remove_local_data"] += 1
 
-    control = [place, delete_workspace]
+    @activity.defn(name=A.RECORD_USAGE)
+    async def record_usage(record: UsageRecord) -> bool:
+        script.ledger_writes += 1
+        if record.key in script.ledger:
+            return False
+        script.ledger[record.key] = record
+        return True
+
+    control = [place, delete_workspace, record_usage]
     host = [
         pull_volume,
         restore_workspace,

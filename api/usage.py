@@ -1,0 +1,117 @@
+"""Usage as people ask for it: per notebook (past periods from the ledger, the current one
+live) and per project over a time range."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from pydantic import BaseModel
+
+from api.errors import ApiError
+from api.service import NotebookService
+from domain.billing import PeriodUsage, billed_minutes
+from domain.states import NotebookState
+from ledger.sqlite import SqliteLedger
+
+
+class NotebookUsage(BaseModel):
+    notebook_id: str
+    project: str
+    current: PeriodUsage | None  # the RUNNING period so far; minutes as billed if it ended now
+    periods: list[PeriodUsage]  # ended periods, from the ledger
+    total_minutes: int  # ended periods plus what the ledger holds of the current one
+
+
+class ProjectUsage(BaseModel):
+    project: str
+    start: datetime
+    end: datetime
+    total_minutes: int
+    by_notebook: list[dict]
+    by_flavor: list[dict]
+
+
+class UsageService:
+    def __init__(self, notebooks: NotebookService, ledger: SqliteLedger) -> None:
+        self._notebooks = notebooks
+        self._ledger = ledger
+
+    async def notebook(self, project: str, notebook_id: str) -> NotebookUsage:
+        records = await asyncio.to_thread(self._ledger.records, project, notebook_id)
+        try:
+            notebook = await self._notebooks.get(project, notebook_id)
+        except ApiError as err:
+            if err.status != 404 or not records:
+                raise
+            notebook = None  # deleted: its usage stays in the ledger
+        periods: dict[int, PeriodUsage] = {}
+        recorded = 0
+        for r in records:
+            recorded += r.minutes
+            p = periods.get(r.period)
+            if p is None:
+                p = periods[r.period] = PeriodUsage(
+                    period=r.period,
+                    flavor=r.flavor,
+                    kind=r.kind,
+                    quantity=r.quantity,
+                    started_at=r.period_started_at,
+                    ended_at=None,
+                    seconds=0,
+                    minutes=0,
+                )
+            p.minutes += r.minutes
+            p.seconds = (r.recorded_at - r.period_started_at).total_seconds()
+            if r.final:
+                p.ended_at = r.recorded_at
+        current = None
+        if notebook is not None and notebook.status.state == NotebookState.RUNNING:
+            started = notebook.status.last_started_at
+            if started is not None:
+                elapsed = datetime.now(UTC) - started
+                res = notebook.spec.resources
+                current = PeriodUsage(
+                    period=max(periods, default=0) + (0 if _open(periods) else 1),
+                    flavor=res.flavor,
+                    kind=res.kind,
+                    quantity=res.units,
+                    started_at=started,
+                    ended_at=None,
+                    seconds=elapsed.total_seconds(),
+                    minutes=billed_minutes(elapsed),
+                )
+        ended = [p for p in periods.values() if p.ended_at is not None]
+        return NotebookUsage(
+            notebook_id=notebook_id,
+            project=project,
+            current=current,
+            periods=sorted(ended, key=lambda p: p.period),
+            total_minutes=recorded,
+        )
+
+    async def project(self, project: str, start: datetime, end: datetime) -> ProjectUsage:
+        if start >= end:
+            raise ApiError(422, "from: must be before to", field="from")
+        rows = await asyncio.to_thread(self._ledger.summary, project, start, end)
+        flavors: dict[tuple[str, str], dict] = {}
+        for row in rows:
+            f = flavors.setdefault(
+                (row["flavor"], row["kind"]),
+                {"flavor": row["flavor"], "kind": row["kind"], "minutes": 0, "unit_minutes": 0},
+            )
+            f["minutes"] += row["minutes"]
+            f["unit_minutes"] += row["unit_minutes"]
+        return ProjectUsage(
+            project=project,
+            start=start,
+            end=end,
+            total_minutes=sum(r["minutes"] for r in rows),
+            by_notebook=rows,
+            by_flavor=list(flavors.values()),
+        )
+
+
+def _open(periods: dict[int, PeriodUsage]) -> bool:
+    """The latest period in the ledger is still open (checkpointed, not ended)."""
+    return bool(periods) and periods[max(periods)].ended_at is None

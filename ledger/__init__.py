@@ -1,0 +1,1 @@
+"""The usage ledger: where billed minutes are kept, exactly once, for good."""
