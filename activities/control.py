@@ -33,7 +33,11 @@ class ControlActivities:
     async def record_usage(self, record: UsageRecord) -> bool:
         """Idempotent by the record's key: a write retried after a crash changes nothing."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self._ledger.record, record)
+        written = await loop.run_in_executor(None, self._ledger.record, record)
+        if self._settings.failpoint_after_ledger_write_s:
+            # Tests kill the worker here: committed, not yet acknowledged, so it is retried.
+            await asyncio.sleep(self._settings.failpoint_after_ledger_write_s)
+        return written
 
     @activity.defn(name=A.PLACE)
     async def place_notebook(self, inp: PlaceInput) -> Placement:

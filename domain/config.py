@@ -97,6 +97,8 @@ class Settings(BaseSettings):
 
     # The usage ledger (embedded default: a SQLite file in the data directory).
     ledger_path: Path | None = None
+    # Failpoint for crash tests: pause after a ledger write commits, before it is acknowledged.
+    failpoint_after_ledger_write_s: float = 0.0
     # Range of notebook timeouts a user may ask for, in seconds.
     timeout_min_s: int = 600
     timeout_max_s: int = 30 * 24 * 3600

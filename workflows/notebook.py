@@ -25,7 +25,6 @@ with workflow.unsafe.imports_passed_through():
     from domain import activity_names as A
     from domain import codes
     from domain import search_attributes as sa
-    from domain.billing import PeriodUsage, UsageRecord, billed_minutes
     from domain.ids import CONTROL_TASK_QUEUE
     from domain.messages import (
         BillingState,
@@ -51,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         WatchResult,
         WorkspaceSyncInput,
     )
+    from domain.metering import advance, open_period
     from domain.spec import Volume
     from domain.states import (
         IDLE_STATES,
@@ -398,65 +398,28 @@ class NotebookWorkflow:
     def _open_period(self) -> None:
         assert self._run is not None
         now = workflow.now()
-        b = self._billing
-        b.period += 1
-        b.started_at = b.billed_until = now
-        b.seq = b.billed = 0
-        b.last_seen_running_at = None
+        open_period(self._billing, now)
         self._status.last_started_at = now
         self._status.auto_stop_at = now + timedelta(seconds=self._run.timeout_s)
         self._status.auto_restart = self._run.auto_restart
         self._status.billed_minutes_current = 0
 
     def _bill_until(self, until: datetime, *, final: bool) -> None:
-        """Decide the ledger record that brings the period's billed minutes up to
-        ``until``; the records of a period add up to billed_minutes(period) (I4)."""
+        """Bill the open period up to ``until`` (I4); see domain.metering."""
         b = self._billing
         if b.started_at is None:
             return
-        assert b.billed_until is not None
-        until = max(until, b.billed_until)
-        minutes = billed_minutes(until - b.started_at)
-        delta = minutes - b.billed
-        if delta > 0 or final:
-            b.seq += 1
-            spec = self._inp.spec
-            b.pending.append(
-                UsageRecord(
-                    key=f"{self._inp.notebook_id}/{b.period}/{b.seq}",
-                    project=self._inp.project,
-                    notebook_id=self._inp.notebook_id,
-                    period=b.period,
-                    seq=b.seq,
-                    flavor=spec.resources.flavor,
-                    kind=spec.resources.kind,
-                    quantity=spec.resources.units,
-                    minutes=delta,
-                    period_started_at=b.started_at,
-                    recorded_at=until,
-                    final=final,
-                )
-            )
-        b.billed, b.billed_until = minutes, until
-        b.total_minutes += delta
-        self._status.billed_minutes_current = minutes
+        advance(
+            b,
+            until,
+            final=final,
+            project=self._inp.project,
+            notebook_id=self._inp.notebook_id,
+            resources=self._inp.spec.resources,
+        )
+        self._status.billed_minutes_current = b.billed
         self._status.billed_minutes_total = b.total_minutes
         if final:
-            spec = self._inp.spec
-            b.periods.append(
-                PeriodUsage(
-                    period=b.period,
-                    flavor=spec.resources.flavor,
-                    kind=spec.resources.kind,
-                    quantity=spec.resources.units,
-                    started_at=b.started_at,
-                    ended_at=until,
-                    seconds=(until - b.started_at).total_seconds(),
-                    minutes=minutes,
-                )
-            )
-            del b.periods[:-20]  # the ledger keeps them all
-            b.started_at = None
             self._status.auto_stop_at = None
 
     async def _flush_usage(self) -> None:

@@ -63,7 +63,8 @@ def stack(tmp_path_factory, docker_client, project) -> Iterator[Stack]:
         runtime="docker",
         extra_env={
             "AINB_HEARTBEAT_TIMEOUT_S": "5",
-            "AINB_HOST_PICKUP_TIMEOUT_S": "90",
+            "AINB_HOST_PICKUP_TIMEOUT_S": "15",
+            "AINB_CHECKPOINT_S": "20",
             "AINB_START_SYNC_ATTEMPTS": "3",
             "AINB_STOP_GRACE_S": "10",
         },
