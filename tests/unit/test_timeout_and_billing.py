@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import pytest
 from temporalio.client import WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from domain import codes
@@ -14,9 +18,22 @@ from domain.messages import PatchRequest, StartRequest, StopRequest, Tuning
 from domain.states import NotebookState as S
 from tests.unit.fakes import Script
 from tests.unit.harness import Harness, harness
+from worker.connect import ensure_search_attributes
 from workflows.notebook import NotebookWorkflow
 
 HOUR = 3600
+
+
+@pytest.fixture()
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server per test: an activity left in flight by another test would
+    hold its clock still."""
+    async with await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=shutil.which("temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    ) as env:
+        await ensure_search_attributes(env.client)
+        yield env
 
 
 def _periods_billed(h: Harness, notebook_id: str) -> dict[int, int]:
@@ -126,8 +143,8 @@ async def test_thirty_days_with_auto_restart_stays_under_the_history_bound(
             ),
         )
         nb = await h.reach(handle, S.RUNNING)
-        for _ in range(30):
-            await env.sleep(timedelta(days=1))
+        for _ in range(30 * 4):
+            await env.sleep(timedelta(hours=6))
         nb = await h.reach(handle, S.RUNNING)
         lengths = await _runs(h, handle)
         assert len(lengths) > 1, "continue-as-new never happened"
