@@ -132,10 +132,7 @@ class NotebookWorkflow:
                     return self._snapshot()
             else:
                 await workflow.wait_condition(
-                    lambda: (
-                        self._status.state not in IDLE_STATES
-                        or workflow.info().is_continue_as_new_suggested()
-                    )
+                    lambda: self._status.state not in IDLE_STATES or self._history_is_long()
                 )
                 if self._status.state in IDLE_STATES:
                     await workflow.wait_condition(workflow.all_handlers_finished)
@@ -435,12 +432,15 @@ class NotebookWorkflow:
             )
             b.pending.pop(0)
 
-    async def _maybe_continue_as_new(self) -> None:
+    def _history_is_long(self) -> bool:
         info = workflow.info()
-        if (
+        return (
             info.get_current_history_length() > self._inp.tuning.max_history_events
             or info.is_continue_as_new_suggested()
-        ):
+        )
+
+    async def _maybe_continue_as_new(self) -> None:
+        if self._history_is_long():
             await self._flush_usage()
             await workflow.wait_condition(workflow.all_handlers_finished)
             workflow.continue_as_new(self._carry_over())
