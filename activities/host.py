@@ -321,9 +321,15 @@ class HostActivities:
         )
 
     def _free_port(self) -> int:
-        """The first port from editor_port_start that nothing listens on."""
+        """The first port from editor_port_start that no editor was given and nothing
+        listens on. An editor binds its port a few seconds after its container starts, so
+        a bind test alone would hand the same port to two notebooks started together."""
+        taken = self._runtime.ports_in_use()
         port = self._settings.editor_port_start
         while port < 65535:
+            if port in taken:
+                port += 1
+                continue
             with socket.socket() as s:
                 try:
                     s.bind((self._settings.host_address, port))

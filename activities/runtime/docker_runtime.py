@@ -162,6 +162,18 @@ class DockerRuntime:
             return ""
         return container.logs(tail=tail).decode(errors="replace")
 
+    def ports_in_use(self) -> set[int]:
+        """Editor ports of this platform's containers that exist (running or about to)."""
+        try:
+            containers = self._client.containers.list(all=True, filters={"label": MANAGED_LABEL})
+        except _UNAVAILABLE as err:
+            raise RuntimeUnavailable(f"the Docker engine does not answer: {err}") from err
+        return {
+            int(c.labels[PORT_LABEL])
+            for c in containers
+            if c.labels.get(PORT_LABEL) and c.status in ("created", "running", "restarting")
+        }
+
     def managed_notebooks(self) -> list[str]:
         """Notebook ids of every container this platform made on the engine."""
         containers = self._client.containers.list(all=True, filters={"label": MANAGED_LABEL})

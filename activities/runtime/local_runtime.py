@@ -137,6 +137,16 @@ class LocalRuntime:
         exit_file.unlink(missing_ok=True)
         return state
 
+    def ports_in_use(self) -> set[int]:
+        if not self._dir.is_dir():
+            return set()
+        ports = set()
+        for d in self._dir.iterdir():
+            state = self.poll(d.name)
+            if state is not None and state.running and state.port:
+                ports.add(state.port)
+        return ports
+
     def logs(self, notebook_id: str, tail: int = 50) -> str:
         path = self._dir / notebook_id / "editor.log"
         if not path.exists():

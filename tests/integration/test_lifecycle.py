@@ -8,6 +8,7 @@ import base64
 import hashlib
 import os
 import re
+import time
 import uuid
 
 import httpx
@@ -225,3 +226,19 @@ def test_unreachable_storage_is_an_error_after_retries(notebooks: Notebooks) -> 
     assert notebooks.containers(nb["id"]) == []
     notebooks.delete(nb["id"])
     notebooks.wait(nb["id"], "DELETED")
+
+
+def test_notebooks_started_together_get_their_own_ports(notebooks: Notebooks) -> None:
+    # Editors bind a few seconds after their container starts: a port must not be handed
+    # out twice in that window (the loser would exit and the notebook turn FAILED).
+    ids = [notebooks.create(name=f"twin{i}")["id"] for i in range(3)]
+    urls = [notebooks.wait(nid, "RUNNING")["status"]["url"] for nid in ids]
+    assert len({url.split("/lab")[0] for url in urls}) == 3
+    time.sleep(3)
+    for nid, url in zip(ids, urls, strict=True):
+        assert notebooks.get(nid).json()["status"]["state"] == "RUNNING"
+        assert httpx.get(url).status_code == 200
+    for nid in ids:
+        notebooks.delete(nid)
+    for nid in ids:
+        notebooks.wait(nid, "DELETED")
