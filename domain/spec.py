@@ -108,10 +108,6 @@ class Volume(_Strict):
     def pushed(self) -> bool:
         return self.permission in (Permission.RW, Permission.RWD)
 
-    @classmethod
-    def parse(cls, text: str) -> Volume:
-        return cls(**cls.fields_from_string(text))
-
     @staticmethod
     def fields_from_string(text: str) -> dict[str, object]:
         """Split ``bucket@alias[/prefix]:/workspace/path[:ro|rw|rwd][:cache|no-cache]``."""

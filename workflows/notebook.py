@@ -510,15 +510,12 @@ class NotebookWorkflow:
         ) and not self._keep_workspace
         ws = self._status.workspace
         assert ws is not None
-        jobs: list[tuple[str, Any]] = []
+        # One at a time: each retries on its own until storage takes it.
         for index, volume in enumerate(self._inp.spec.volumes):
             if volume.pushed and self._status.volumes[index].pulled:
-                jobs.append((f"volume {volume.mount_path}", self._push_volume(index, volume)))
+                await self._push_volume(index, volume)
         if ws.restored and not deleting_for_good:
-            jobs.append(("workspace", self._save_workspace()))
-        # One at a time: each retries on its own until storage takes it.
-        for _, job in jobs:
-            await job
+            await self._save_workspace()
 
     async def _push_volume(self, index: int, volume: Volume) -> None:
         result = await self._retry_forever(

@@ -173,8 +173,3 @@ class DockerRuntime:
             for c in containers
             if c.labels.get(PORT_LABEL) and c.status in ("created", "running", "restarting")
         }
-
-    def managed_notebooks(self) -> list[str]:
-        """Notebook ids of every container this platform made on the engine."""
-        containers = self._client.containers.list(all=True, filters={"label": MANAGED_LABEL})
-        return [c.labels.get(NOTEBOOK_LABEL, "") for c in containers]
