@@ -1,4 +1,4 @@
-"""Control-plane activities: placement and the platform's own storage."""
+"""Control-plane activities: the usage ledger and the platform's own storage."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from domain import activity_names as A
 from domain import codes
 from domain.billing import UsageRecord
 from domain.config import Settings
-from domain.ids import host_task_queue
-from domain.messages import DeleteWorkspaceInput, PlaceInput, Placement
+from domain.messages import DeleteWorkspaceInput
 from ledger.sqlite import SqliteLedger
 
 
@@ -27,7 +26,7 @@ class ControlActivities:
         self._ledger = SqliteLedger(settings.ledger_file)
 
     def activities(self) -> list:
-        return [self.place_notebook, self.delete_workspace, self.record_usage]
+        return [self.delete_workspace, self.record_usage]
 
     @activity.defn(name=A.RECORD_USAGE)
     async def record_usage(self, record: UsageRecord) -> bool:
@@ -38,18 +37,6 @@ class ControlActivities:
             # Tests kill the worker here: committed, not yet acknowledged, so it is retried.
             await asyncio.sleep(self._settings.failpoint_after_ledger_write_s)
         return written
-
-    @activity.defn(name=A.PLACE)
-    async def place_notebook(self, inp: PlaceInput) -> Placement:
-        # One host for now; capacity-aware placement across a fleet replaces this.
-        if inp.resources.flavor not in self._settings.flavors:
-            raise ApplicationError(
-                f"flavor {inp.resources.flavor!r} is not offered",
-                type=codes.LAUNCH_FAILED,
-                non_retryable=True,
-            )
-        host = self._settings.hosts[0]
-        return Placement(host=host, task_queue=host_task_queue(host))
 
     @activity.defn(name=A.DELETE_WORKSPACE)
     async def delete_workspace(self, inp: DeleteWorkspaceInput) -> int:

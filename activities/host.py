@@ -39,6 +39,7 @@ from activities.storage.errors import (
     StorageUnavailableError,
     SyncCancelled,
 )
+from activities.storage.volume_cache import VolumeCache
 from domain import activity_names as A
 from domain import codes
 from domain.config import Settings
@@ -60,6 +61,29 @@ from domain.status import SyncProgress, SyncState
 from domain.tokens import editor_token
 
 POLL_S = 1.0
+
+
+@dataclasses.dataclass
+class _NotedStats(sync.SyncStats):
+    note: str = ""
+
+
+# Under /workspace: local versions a pull had to replace (see _rescue_preserved).
+PRESERVED_DIR = ".ainb-preserved"
+
+
+def _move_tree_contents(src: Path, dest: Path) -> int:
+    """Move every run directory of a preserved area under ``dest``; count the files."""
+    moved = 0
+    for run in sorted(src.iterdir()):
+        target = dest / run.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            target = target.with_name(f"{run.name}-{os.getpid()}")
+        moved += sum(len(files) for _, _, files in os.walk(run))
+        shutil.move(run, target)  # a rename: both are in the notebook's directory
+    shutil.rmtree(src, ignore_errors=True)
+    return moved
 
 
 def _now() -> datetime:
@@ -87,6 +111,10 @@ class HostActivities:
             settings.data_dir / "hosts" / settings.host_name / "notebooks"
         ).resolve()
         self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="host-activity")
+        self._cache = VolumeCache(
+            (settings.data_dir / "hosts" / settings.host_name / "cache").resolve(),
+            settings.volume_cache_ttl_s,
+        )
         self._port_lock = threading.Lock()
 
     def activities(self) -> list[Callable[..., Any]]:
@@ -162,13 +190,15 @@ class HostActivities:
             ) from err
         except (StorageUnavailableError, StorageError) as err:
             raise ApplicationError(f"{what}: {err}", type=codes.STORAGE_UNAVAILABLE) from err
+        note = stats.note if isinstance(stats, _NotedStats) else ""
         return SyncResult(
             progress=SyncProgress(
                 direction=direction,
                 state=SyncState.DONE,
                 started_at=started,
                 ended_at=_now(),
-                **dataclasses.asdict(stats),
+                message=note,
+                **{k: v for k, v in dataclasses.asdict(stats).items() if k != "note"},
             )
         )
 
@@ -192,12 +222,79 @@ class HostActivities:
         s3 = self._volume_client(inp.volume.alias, what)
         local = self.paths(inp.ref.notebook_id).volume(inp.index)
         local.mkdir(parents=True, exist_ok=True)
-        return await self._sync(
-            "pull",
-            what,
-            functools.partial(
+        if inp.volume.cache:
+            run = functools.partial(self._pull_through_cache, s3, inp, local)
+        else:
+            run = functools.partial(
                 sync.pull, s3, inp.volume.bucket, inp.volume.prefix, local, delete=True
-            ),
+            )
+        try:
+            result = await self._sync("pull", what, run)
+        finally:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._cache.evict)
+        return await self._rescue_preserved(
+            inp.ref.notebook_id, local, inp.volume.relative_mount, result
+        )
+
+    async def _rescue_preserved(
+        self, notebook_id: str, local: Path, label: str, result: SyncResult
+    ) -> SyncResult:
+        """A pull moves a local file that changed on both sides out of the tree, next to
+        it on the host, where the user cannot see it and the stop would remove it. Move it
+        into the workspace instead: visible in the editor, and saved with the workspace."""
+        area = local.parent / f".{local.name}.preserved"
+        if not area.is_dir():
+            return result
+        dest = self.paths(notebook_id).workspace / PRESERVED_DIR / label
+        moved = await self._blocking(_move_tree_contents, area, dest)
+        if not moved:
+            return result
+        note = (
+            f"{moved} local file(s) changed both here and in storage were moved to "
+            f"/workspace/{PRESERVED_DIR}/{label} before the stored version replaced them"
+        )
+        progress = result.progress
+        message = f"{progress.message}; {note}" if progress.message else note
+        return SyncResult(progress=progress.model_copy(update={"message": message}))
+
+    def _pull_through_cache(
+        self,
+        s3: Any,
+        inp: VolumeSyncInput,
+        local: Path,
+        *,
+        progress: Callable[[sync.SyncStats], None],
+        should_stop: Callable[[], bool],
+    ) -> sync.SyncStats:
+        """Bring the host's copy up to date, then fill the notebook's directory from it."""
+        v = inp.volume
+        entry = self._cache.entry(inp.ref.project, v.alias, v.bucket, v.prefix)
+        with self._cache.locked(entry, should_stop):
+            cached = self._cache.data(entry)
+            fill = sync.pull(
+                s3,
+                v.bucket,
+                v.prefix,
+                cached,
+                delete=True,
+                progress=progress,
+                should_stop=should_stop,
+            )
+            self._cache.touch(entry)
+            stats = sync.pull(
+                s3,
+                v.bucket,
+                v.prefix,
+                local,
+                delete=True,
+                seed_from=cached,
+                progress=progress,
+                should_stop=should_stop,
+            )
+        return _NotedStats(
+            **dataclasses.asdict(stats),
+            note=f"host cache: downloaded {fill.files_done} file(s) ({fill.bytes_done} bytes), "
+            f"{fill.files_skipped} already cached",
         )
 
     @activity.defn(name=A.PUSH_VOLUME)
@@ -225,13 +322,14 @@ class HostActivities:
     async def restore_workspace(self, inp: WorkspaceSyncInput) -> SyncResult:
         local = self.paths(inp.ref.notebook_id).workspace
         local.mkdir(parents=True, exist_ok=True)
-        return await self._sync(
+        result = await self._sync(
             "pull",
             "workspace",
             functools.partial(
                 sync.pull, self._s3.platform(), inp.bucket, inp.prefix, local, delete=True
             ),
         )
+        return await self._rescue_preserved(inp.ref.notebook_id, local, "workspace", result)
 
     @activity.defn(name=A.SAVE_WORKSPACE)
     async def save_workspace(self, inp: WorkspaceSyncInput) -> SyncResult:
@@ -289,11 +387,16 @@ class HostActivities:
                 type=codes.LAUNCH_FAILED,
                 non_retryable=True,
             )
+        alloc = inp.allocation
         units = spec.resources.units
-        # Until placement accounts for capacity, never ask the engine for more than the host has.
-        cpus = min(units * flavor.cpu_per_unit, float(os.cpu_count() or 1))
+        cpus = alloc.cpus if alloc else units * flavor.cpu_per_unit
+        memory_gib = alloc.memory_gib if alloc else units * flavor.memory_gib_per_unit
+        gpu_ids = list(alloc.gpu_ids) if alloc else []
+        # The engine refuses limits above the machine (an inventory configured larger than
+        # the real host, e.g. simulated capacity): cap them at what is there.
+        cpus = min(cpus, float(os.cpu_count() or 1))
         host_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        memory = min(int(units * flavor.memory_gib_per_unit * 2**30), host_memory)
+        memory = min(int(memory_gib * 2**30), host_memory)
         token = (
             ""
             if spec.unsecure_http
@@ -318,6 +421,7 @@ class HostActivities:
             cpus=cpus,
             memory_bytes=memory,
             gpus=spec.resources.gpu or 0,
+            gpu_ids=gpu_ids,
         )
 
     def _free_port(self) -> int:
@@ -366,6 +470,8 @@ class HostActivities:
 
     @activity.defn(name=A.WAIT_EDITOR_READY)
     async def wait_editor_ready(self, inp: ReadyInput) -> None:
+        if not self._runtime.serves_http:
+            return  # a simulated host: its editor is "up" once its record exists
         url = f"http://{self._settings.host_address}:{inp.port}/api/status"
         deadline = asyncio.get_running_loop().time() + inp.timeout_s
         async with httpx.AsyncClient(timeout=2.0) as http:

@@ -54,6 +54,17 @@ def check_resources(settings: Settings, spec: NotebookSpec) -> None:
             f"resources.{res.kind}",
             f"flavor {res.flavor} is a {flavor.kind} flavor: give resources.{flavor.kind} instead",
         )
+    if res.kind == "gpu" and res.units > settings.notebook_max_gpus:
+        raise _unprocessable(
+            "resources.gpu",
+            f"at most {settings.notebook_max_gpus} GPUs per notebook (notebook_max_gpus)",
+        )
+    if res.kind == "cpu" and res.units * flavor.cpu_per_unit > settings.notebook_max_cpus:
+        raise _unprocessable(
+            "resources.cpu",
+            f"{res.units} x {res.flavor} is {res.units * flavor.cpu_per_unit:g} vCPUs; at most "
+            f"{settings.notebook_max_cpus} per notebook (notebook_max_cpus)",
+        )
     if res.units > flavor.max_units:
         raise _unprocessable(
             f"resources.{res.kind}",

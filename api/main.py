@@ -10,7 +10,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from api import errors
-from api.routers import health, notebooks, usage
+from api.fleet import FleetService
+from api.routers import fleet, health, notebooks, usage
 from api.service import NotebookService
 from api.usage import UsageService
 from domain.config import Settings
@@ -26,7 +27,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = await connect(settings)
         app.state.settings = settings
         app.state.client = client
-        app.state.service = NotebookService(client, settings)
+        app.state.fleet = FleetService(client, settings)
+        app.state.service = NotebookService(client, settings, app.state.fleet)
         app.state.usage = UsageService(app.state.service, SqliteLedger(settings.ledger_file))
         yield
 
@@ -40,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(notebooks.router)
     app.include_router(usage.router)
+    app.include_router(fleet.router)
     return app
 
 

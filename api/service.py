@@ -17,11 +17,15 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api import catalog
 from api.errors import ApiError
+from api.fleet import FleetService
+from domain import codes
 from domain import search_attributes as sa
 from domain.config import Settings
 from domain.ids import CONTROL_TASK_QUEUE, valid_notebook_id, workflow_id
 from domain.messages import (
+    DataSyncRequest,
     DeleteRequest,
+    LabelsRequest,
     NotebookInput,
     PatchRequest,
     StartRequest,
@@ -30,7 +34,14 @@ from domain.messages import (
 )
 from domain.spec import NotebookSpec
 from domain.states import NotebookState
-from domain.status import Info, Notebook, NotebookStatus, initial_notebook
+from domain.status import (
+    SYNC_COUNTERS,
+    Info,
+    Notebook,
+    NotebookStatus,
+    SyncState,
+    initial_notebook,
+)
 from domain.tokens import editor_token
 
 WORKFLOW_TYPE = "Notebook"
@@ -43,9 +54,10 @@ UPDATE_TIMEOUT = timedelta(seconds=30)
 
 
 class NotebookService:
-    def __init__(self, client: Client, settings: Settings) -> None:
+    def __init__(self, client: Client, settings: Settings, fleet: FleetService) -> None:
         self._client = client
         self._settings = settings
+        self._fleet = fleet
 
     def _tuning(self) -> Tuning:
         s = self._settings
@@ -54,7 +66,9 @@ class NotebookService:
             host_pickup_timeout_s=s.host_pickup_timeout_s,
             start_sync_attempts=s.start_sync_attempts,
             stop_grace_s=s.stop_grace_s,
+            push_retry_max_interval_s=s.push_retry_max_interval_s,
             checkpoint_s=s.checkpoint_s,
+            workspace_checkpoint_s=s.workspace_checkpoint_s,
             max_history_events=s.max_history_events,
         )
 
@@ -75,6 +89,7 @@ class NotebookService:
     async def create(self, project: str, spec: NotebookSpec) -> Notebook:
         spec, image = catalog.validate(self._settings, spec)
         catalog.check_timeout(self._settings, spec.timeout)
+        await self._fleet.check_project_quota(project, spec.resources.gpu or 0)
         inp = NotebookInput(
             project=project,
             notebook_id=uuid.uuid4().hex,
@@ -118,7 +133,63 @@ class NotebookService:
             notebook = await self._from_visibility(handle, project, notebook_id)
         if notebook.status.state == NotebookState.DELETED:
             raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
+        await self._add_live_progress(handle, notebook)
+        await self._add_queue_position(notebook)
         return self._present(notebook)
+
+    async def _add_queue_position(self, notebook: Notebook) -> None:
+        """A queued notebook's place in line moves without its workflow knowing."""
+        info = notebook.status.info
+        if notebook.status.state != NotebookState.STARTING or info.code != codes.QUEUED:
+            return
+        decision = await self._fleet.position(workflow_id(notebook.project, notebook.id))
+        if decision is not None and decision.position is not None:
+            info.message = (
+                f"queued: number {decision.position} in line for {decision.waiting_for}; "
+                "it starts as soon as a host has room"
+            )
+
+    async def _add_live_progress(self, handle, notebook: Notebook) -> None:
+        """Fill the numbers of the syncs under way from their activities' last heartbeats.
+
+        The workflow only learns a sync's numbers when it ends; recording every heartbeat
+        in history would bloat it, while the server keeps the last heartbeat of each
+        pending activity for free."""
+        st = notebook.status
+        holders = {f"volume-{i}": v for i, v in enumerate(st.volumes)}
+        if st.workspace is not None:
+            holders["workspace"] = st.workspace
+        if not any(
+            h.last_sync and h.last_sync.state == SyncState.RUNNING for h in holders.values()
+        ):
+            return
+        try:
+            desc = await handle.describe(rpc_timeout=QUERY_TIMEOUT)
+        except RPCError:
+            return  # the numbers are a nicety: the state itself came from the query
+        for pending in desc.raw_description.pending_activities:
+            parts = pending.activity_id.split(":")
+            holder = holders.get(parts[1]) if len(parts) == 4 and parts[0] == "sync" else None
+            sync = holder.last_sync if holder is not None else None
+            if sync is None or sync.state != SyncState.RUNNING or sync.direction != parts[2]:
+                continue
+            if not pending.heartbeat_details.payloads:
+                continue
+            try:
+                [detail] = await self._client.data_converter.decode(
+                    pending.heartbeat_details.payloads
+                )
+            except Exception:
+                continue
+            if not isinstance(detail, dict):
+                continue
+            live = {k: int(detail[k]) for k in SYNC_COUNTERS if isinstance(detail.get(k), int)}
+            holder.last_sync = sync.model_copy(update=live)
+            target = "workspace" if parts[1] == "workspace" else holder.mount_path
+            for job in st.datasyncs:
+                if job.state == SyncState.RUNNING and job.current == target:
+                    for k, v in live.items():
+                        setattr(job, k, getattr(job, k) + v)
 
     async def _from_visibility(self, handle, project: str, notebook_id: str) -> Notebook:
         """No worker answered the query (all down, or restarting): the state recorded at
@@ -181,6 +252,9 @@ class NotebookService:
             cause = err.cause
             if isinstance(cause, ApplicationError) and cause.type == "CONFLICT":
                 raise ApiError(409, cause.message) from err
+            if isinstance(cause, ApplicationError) and cause.type == "INVALID":
+                field = cause.details[0] if cause.details else None
+                raise ApiError(422, cause.message, field=field) from err
             if isinstance(cause, ApplicationError) and cause.type == "GONE":
                 raise ApiError(
                     404, f"notebook {notebook_id} not found in project {project}"
@@ -191,6 +265,13 @@ class NotebookService:
         return self._present(notebook)
 
     async def start(self, project: str, notebook_id: str) -> Notebook:
+        current = await self.get(project, notebook_id)
+        if current.status.state in (
+            NotebookState.STOPPED,
+            NotebookState.FAILED,
+            NotebookState.ERROR,
+        ):
+            await self._fleet.check_project_quota(project, current.spec.resources.gpu or 0)
         return await self._update(project, notebook_id, "start", StartRequest())
 
     async def stop(self, project: str, notebook_id: str) -> Notebook:
@@ -200,6 +281,12 @@ class NotebookService:
         if req.timeout is not None:
             catalog.check_timeout(self._settings, req.timeout)
         return await self._update(project, notebook_id, "patch", req)
+
+    async def set_labels(self, project: str, notebook_id: str, req: LabelsRequest) -> Notebook:
+        return await self._update(project, notebook_id, "set_labels", req)
+
+    async def datasync(self, project: str, notebook_id: str, req: DataSyncRequest) -> Notebook:
+        return await self._update(project, notebook_id, "datasync", req)
 
     async def delete(self, project: str, notebook_id: str, keep_workspace: bool) -> Notebook:
         return await self._update(

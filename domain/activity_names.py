@@ -1,7 +1,9 @@
 """Activity names, shared so workflows can call activities without importing their code
 (which pulls in docker and boto3)."""
 
-PLACE = "place_notebook"
+REQUEST_CAPACITY = "request_capacity"
+RELEASE_CAPACITY = "release_capacity"
+FIND_GONE_NOTEBOOKS = "find_gone_notebooks"
 DELETE_WORKSPACE = "delete_workspace"
 RECORD_USAGE = "record_usage"
 

@@ -21,6 +21,8 @@ IMAGE_NOT_FOUND = "IMAGE_NOT_FOUND"
 ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
 EDITOR_NOT_READY = "EDITOR_NOT_READY"
 LAUNCH_FAILED = "LAUNCH_FAILED"
+QUOTA_EXCEEDED = "QUOTA_EXCEEDED"  # the project's quota: FAILED
+NO_CAPACITY = "NO_CAPACITY"  # no host can ever fit the request: FAILED
 INTERNAL_ERROR = "INTERNAL_ERROR"
 
 # Informational codes while a phase is under way.
@@ -28,7 +30,7 @@ QUEUED = "QUEUED"
 SYNC_RETRYING = "SYNC_RETRYING"
 
 # Failures that make the notebook FAILED (the user's doing) rather than ERROR (ours).
-USER_FAILURES = frozenset({DATA_SYNC_FAILED})
+USER_FAILURES = frozenset({DATA_SYNC_FAILED, QUOTA_EXCEEDED, NO_CAPACITY})
 
 
 def is_user_failure(code: str | None) -> bool:

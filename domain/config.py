@@ -7,6 +7,7 @@ inputs. Workflows never import this module.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -77,12 +78,14 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
 
     data_dir: Path = Path(".ainb")
-    # The host this agent serves, and the hosts the control plane may place notebooks on.
+    # The host this agent serves (hosts join the fleet by registering; see worker/presence).
     host_name: str = "local"
-    hosts: list[str] = Field(default_factory=lambda: ["local"])
+    # Set when the processes of one installation do not share a data_dir (compose).
+    installation: str = ""
     # Address at which the editors on this host are reachable by users.
     host_address: str = "127.0.0.1"
-    runtime: Literal["auto", "docker", "local"] = "auto"
+    # "sim": a simulated host (no containers; for fleet tests and benchmarks)
+    runtime: Literal["auto", "docker", "local", "sim"] = "auto"
     # First port tried for editors on this host (host networking: one port per notebook).
     editor_port_start: int = 18800
 
@@ -108,8 +111,33 @@ class Settings(BaseSettings):
     host_pickup_timeout_s: float = 120.0
     start_sync_attempts: int = 5
     stop_grace_s: float = 20.0
+    # A push that fails at stop is retried until it succeeds, at most this far apart.
+    push_retry_max_interval_s: float = 60.0
     checkpoint_s: float = 900.0
+    # Periodic workspace push while RUNNING (0: only at stop).
+    workspace_checkpoint_s: float = 900.0
+    # Host-local copies of `cache` volumes unused for this long are evicted.
+    volume_cache_ttl_s: float = 7 * 24 * 3600
     max_history_events: int = 4000
+    # The fleet takes every heartbeat and grant: a longer history between continue-as-new.
+    fleet_max_history_events: int = 10000
+
+    # Quotas: per notebook (a 422 at create), per project at once (a 409 at create/start).
+    notebook_max_gpus: int = 4
+    notebook_max_cpus: int = 12
+    project_max_gpus: int = 4
+    # Host liveness: agents prove they live this often; silent this long means down.
+    host_heartbeat_s: float = 5.0
+    host_down_after_s: float = 30.0
+    # Agents remove containers not meant to run on them (and adopt the rest) this often.
+    reconcile_interval_s: float = 60.0
+    # This host's inventory; unset values are detected (CPUs, memory; GPUs via nvidia-smi).
+    host_cpus: float | None = None
+    host_memory_gib: float | None = None
+    host_gpu_ids: list[str] | None = None
+    host_gpu_model: str | None = None
+    # Flavors this host runs; unset: every cpu flavor, and gpu flavors if it has GPUs.
+    host_flavors: list[str] | None = None
 
     @classmethod
     def load(cls) -> Settings:
@@ -122,6 +150,36 @@ class Settings(BaseSettings):
     @property
     def ledger_file(self) -> Path:
         return self.ledger_path or self.data_dir / "ledger.sqlite"
+
+    @property
+    def installation_id(self) -> str:
+        """Tells this platform's containers from another's on a shared engine: the same
+        for every process of one installation (same Temporal, namespace and data)."""
+        if self.installation:
+            return self.installation
+        key = f"{self.temporal_address}|{self.temporal_namespace}|{self.data_dir.resolve()}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def fleet_input(self):
+        """The fleet workflow's configuration: flavors, quotas, liveness timing."""
+        from domain.fleet import FlavorSpec, Quotas
+        from domain.messages import FleetInput
+
+        return FleetInput(
+            flavors={
+                name: FlavorSpec(
+                    name=name,
+                    kind=f.kind,
+                    cpu_per_unit=f.cpu_per_unit,
+                    memory_gib_per_unit=f.memory_gib_per_unit,
+                    gpu_model=f.gpu_model,
+                )
+                for name, f in self.flavors.items()
+            },
+            quotas=Quotas(project_max_gpus=self.project_max_gpus),
+            host_down_after_s=self.host_down_after_s,
+            max_history_events=self.fleet_max_history_events,
+        )
 
     def storage(self, alias: str) -> StorageAlias:
         try:

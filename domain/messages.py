@@ -7,11 +7,13 @@ by the workers from their own configuration, never carried in workflow history (
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from domain.billing import PeriodUsage, UsageRecord
-from domain.spec import NotebookSpec, Resources, Volume
+from domain.fleet import Allocation, CapacityRequest, FlavorSpec, FleetState, HostInventory, Quotas
+from domain.spec import NotebookSpec, Volume, check_labels
 from domain.status import NotebookStatus, SyncProgress
 
 
@@ -29,6 +31,9 @@ class Tuning(BaseModel):
     push_retry_max_interval_s: float = 60.0
     # A RUNNING notebook's usage reaches the ledger at least this often.
     checkpoint_s: float = 900.0
+    # A RUNNING notebook's workspace is pushed this often (0: only at stop), so a lost
+    # host loses at most this much work.
+    workspace_checkpoint_s: float = 900.0
     # Continue-as-new past this many history events (Temporal warns at 10,240).
     max_history_events: int = 4000
 
@@ -61,6 +66,8 @@ class Carry(BaseModel):
     task_queue: str | None = None
     container_launched: bool = False
     run: RunSettings | None = None
+    capacity_held: bool = False
+    allocation: Allocation | None = None
 
 
 class NotebookInput(BaseModel):
@@ -92,19 +99,29 @@ class PatchRequest(BaseModel):
     timeout_auto_restart: bool | None = None
 
 
+class DataSyncRequest(BaseModel):
+    """``POST …/datasync``: sync now, while RUNNING."""
+
+    direction: Literal["push", "pull"]
+    # A volume's mount path, or "workspace"; None: every volume that allows the direction
+    # (and the workspace, for a push).
+    volume: str | None = None
+
+
+class LabelsRequest(BaseModel):
+    """``PUT …/labels``: the notebook's labels from now on (an empty map removes them all)."""
+
+    labels: dict[str, str]
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        return check_labels(labels)
+
+
 class NotebookRef(BaseModel):
     project: str
     notebook_id: str
-
-
-class PlaceInput(BaseModel):
-    ref: NotebookRef
-    resources: Resources
-
-
-class Placement(BaseModel):
-    host: str
-    task_queue: str
 
 
 class VolumeSyncInput(BaseModel):
@@ -127,6 +144,8 @@ class LaunchInput(BaseModel):
     ref: NotebookRef
     spec: NotebookSpec
     image: str
+    # What the fleet granted: the container gets exactly this (CPUs, memory, GPU ids).
+    allocation: Allocation | None = None
 
 
 class LaunchResult(BaseModel):
@@ -172,3 +191,31 @@ class DeleteWorkspaceInput(BaseModel):
 
 class SyncResult(BaseModel):
     progress: SyncProgress
+
+
+class FleetInput(BaseModel):
+    flavors: dict[str, FlavorSpec]
+    quotas: Quotas = Field(default_factory=Quotas)
+    # A host silent this long is down: nothing new is placed there.
+    host_down_after_s: float = 30.0
+    max_history_events: int = 4000
+    state: FleetState | None = None  # carried over by continue-as-new
+
+
+class HostView(BaseModel):
+    name: str
+    state: Literal["up", "down"]
+    last_seen: datetime
+    down_since: datetime | None = None
+    inventory: HostInventory
+    free_cpus: float
+    free_memory_gib: float
+    free_gpu_ids: list[str]
+    allocations: list[Allocation]
+
+
+class FleetView(BaseModel):
+    hosts: list[HostView]
+    queue: list[CapacityRequest]
+    # per flavor: units that could start right now on one host, and requests queued
+    flavors: dict[str, dict[str, int]]

@@ -191,15 +191,20 @@ class NotebookSpec(_Strict):
     @field_validator("labels")
     @classmethod
     def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        if len(labels) > 64:
-            raise ValueError("at most 64 labels")
-        for key, value in labels.items():
-            if not _LABEL_KEY.match(key):
-                raise ValueError(
-                    f"label key {key!r} must be 1-63 letters, digits, '.', '_', '-' or '/'"
-                )
-            if not _LABEL_VALUE.match(value):
-                raise ValueError(
-                    f"label value {value!r} of {key!r} must be at most 63 plain characters"
-                )
-        return labels
+        return check_labels(labels)
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Label keys and values as search attributes and selectors can carry them."""
+    if len(labels) > 64:
+        raise ValueError("at most 64 labels")
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key):
+            raise ValueError(
+                f"label key {key!r} must be 1-63 letters, digits, '.', '_', '-' or '/'"
+            )
+        if not _LABEL_VALUE.match(value):
+            raise ValueError(
+                f"label value {value!r} of {key!r} must be at most 63 plain characters"
+            )
+    return labels

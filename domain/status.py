@@ -38,6 +38,44 @@ class SyncProgress(BaseModel):
     files_skipped: int = 0
     files_failed: int = 0
     files_deleted: int = 0
+    files_seeded: int = 0  # copied from the host's volume cache instead of downloaded
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    message: str = ""
+
+
+# The numbers a sync reports, shared by SyncProgress, DataSync and the sync heartbeats.
+SYNC_COUNTERS = (
+    "files_total",
+    "bytes_total",
+    "files_done",
+    "bytes_done",
+    "files_skipped",
+    "files_failed",
+    "files_deleted",
+    "files_seeded",
+)
+
+
+class DataSync(BaseModel):
+    """A sync asked for while RUNNING (``POST …/datasync``); totals are summed over its
+    targets, and include the live numbers of the target being synced."""
+
+    id: str
+    direction: str  # "pull" or "push"
+    volume: str | None = None  # a mount path, "workspace", or None for every target
+    state: SyncState = SyncState.QUEUED
+    requested_at: datetime
+    targets: list[str] = Field(default_factory=list)  # "workspace" or a volume's mount path
+    current: str | None = None  # the target being synced now
+    files_total: int = 0
+    bytes_total: int = 0
+    files_done: int = 0
+    bytes_done: int = 0
+    files_skipped: int = 0
+    files_failed: int = 0
+    files_deleted: int = 0
+    files_seeded: int = 0
     started_at: datetime | None = None
     ended_at: datetime | None = None
     message: str = ""
@@ -52,6 +90,8 @@ class VolumeStatus(BaseModel):
     # True once a pull completed: only then may a push (which could delete remote
     # objects for rwd) run, so a partial pull never overwrites the remote copy (I1).
     pulled: bool = False
+    # A pull while RUNNING did not finish: the stop finishes it before pushing.
+    repull: bool = False
     last_sync: SyncProgress | None = None
 
 
@@ -62,6 +102,8 @@ class WorkspaceStatus(BaseModel):
     saved: bool = False  # a copy exists in object storage
     last_saved_at: datetime | None = None
     last_sync: SyncProgress | None = None
+    # While RUNNING, the next periodic checkpoint (an incremental push of the workspace).
+    next_checkpoint_at: datetime | None = None
 
 
 class NotebookStatus(BaseModel):
@@ -79,6 +121,8 @@ class NotebookStatus(BaseModel):
     auto_restart: bool = False
     billed_minutes_current: int = 0
     billed_minutes_total: int = 0
+    # Syncs asked for while RUNNING, oldest first (the latest few).
+    datasyncs: list[DataSync] = Field(default_factory=list)
 
 
 class Notebook(BaseModel):

@@ -1,32 +1,62 @@
-"""The control-plane worker: notebook workflows and placement/platform-storage activities."""
+"""The control-plane worker: notebook and fleet workflows, and the control activities."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.control import ControlActivities
+from activities.fleet import FleetActivities
 from domain.config import Settings
 from domain.ids import CONTROL_TASK_QUEUE
 from worker.connect import connect
 from worker.run import run_until_signalled, setup_logging
+from workflows.fleet import FLEET_WORKFLOW_ID, FleetWorkflow
 from workflows.notebook import NotebookWorkflow
+
+log = logging.getLogger("ainb.control")
 
 
 def build_worker(client, settings: Settings) -> Worker:
     return Worker(
         client,
         task_queue=CONTROL_TASK_QUEUE,
-        workflows=[NotebookWorkflow],
-        activities=ControlActivities(settings).activities(),
+        workflows=[NotebookWorkflow, FleetWorkflow],
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_all_modules()
+        ),
+        activities=ControlActivities(settings).activities() + FleetActivities(client).activities(),
     )
+
+
+async def ensure_fleet(client: Client, settings: Settings) -> None:
+    """Start the fleet workflow unless it runs, and give it the current configuration."""
+    handle = await client.start_workflow(
+        FleetWorkflow.run,
+        settings.fleet_input(),
+        id=FLEET_WORKFLOW_ID,
+        task_queue=CONTROL_TASK_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary="the fleet: hosts, capacity, queue",
+    )
+    await handle.execute_update(FleetWorkflow.configure, settings.fleet_input())
 
 
 async def amain() -> None:
     settings = Settings.load()
     client = await connect(settings)
-    await run_until_signalled(build_worker(client, settings), "control worker")
+    worker = build_worker(client, settings)
+    # The worker must run for the fleet to take the configure update.
+    configured = asyncio.create_task(ensure_fleet(client, settings))
+    configured.add_done_callback(
+        lambda t: t.exception() and log.error("fleet not configured: %s", t.exception())
+    )
+    await run_until_signalled(worker, "control worker")
 
 
 def main() -> None:

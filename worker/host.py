@@ -12,17 +12,22 @@ from activities.host import HostActivities
 from activities.runtime.base import ContainerRuntime
 from activities.runtime.docker_runtime import DockerRuntime, engine_answers
 from activities.runtime.local_runtime import LocalRuntime
+from activities.runtime.sim_runtime import SimRuntime
 from domain.config import Settings
 from domain.ids import host_task_queue
 from worker.connect import connect
+from worker.presence import Presence
 from worker.run import run_until_signalled, setup_logging
 
 log = logging.getLogger("ainb.host")
 
 
 def choose_runtime(settings: Settings) -> ContainerRuntime:
+    host_dir = (settings.data_dir / "hosts" / settings.host_name).resolve()
+    if settings.runtime == "sim":
+        return SimRuntime(host_dir / "sim-runtime")
     if settings.runtime == "docker" or (settings.runtime == "auto" and engine_answers()):
-        return DockerRuntime()
+        return DockerRuntime(installation=settings.installation_id, host=settings.host_name)
     local_dir = (settings.data_dir / "hosts" / settings.host_name / "local-runtime").resolve()
     return LocalRuntime(local_dir)
 
@@ -45,9 +50,13 @@ async def amain() -> None:
     runtime = choose_runtime(settings)
     log.info("host %s uses the %s runtime", settings.host_name, runtime.name)
     client = await connect(settings)
-    await run_until_signalled(
-        build_worker(client, settings, runtime), f"host agent {settings.host_name}"
-    )
+    presence = asyncio.create_task(Presence(client, settings, runtime).run())
+    try:
+        await run_until_signalled(
+            build_worker(client, settings, runtime), f"host agent {settings.host_name}"
+        )
+    finally:
+        presence.cancel()
 
 
 def main() -> None:

@@ -87,6 +87,9 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Merged into the generated config file (tests add frameworks, flavors...).
     config_overrides: dict = field(default_factory=dict)
+    # Simulated hosts (runtime "sim"): name -> AINB_* settings of that host's agent,
+    # e.g. {"gpu-1": {"AINB_HOST_GPU_IDS": '["0","1"]', "AINB_HOST_GPU_MODEL": "sim"}}.
+    sim_hosts: dict[str, dict[str, str]] = field(default_factory=dict)
     # Children write to our stdout instead of log files (one component per container).
     log_to_stdout: bool = False
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -138,7 +141,6 @@ class Stack:
             "temporal_address": self.temporal_address,
             "data_dir": str(self.data_dir),
             "host_name": self.host_name,
-            "hosts": [self.host_name],
             "runtime": self.runtime,
             "editor_port_start": self.ports.editor_start,
             "storage_aliases": {
@@ -150,6 +152,10 @@ class Stack:
             },
             "platform_alias": "local",
             "token_secret": self.secrets["token_secret"],
+            # One machine shares its cores among notebooks: offer more than it has, as an
+            # operator would for CPU flavors (the engine still caps each container).
+            "host_cpus": 32,
+            "host_memory_gib": 128,
         }
         config = _merge(config, self.config_overrides)
         self.config_path.touch(mode=0o600)
@@ -181,12 +187,14 @@ class Stack:
 
     # ----------------------------------------------------------------- processes
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         log = open(self.data_dir / "logs" / f"{name}.log", "ab")
         proc = subprocess.Popen(
             argv,
             cwd=ROOT,
-            env=self.env(),
+            env={**self.env(), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the stack, which stops children in order
@@ -213,9 +221,19 @@ class Stack:
         ]
         for name, kind in sa.DEFINITIONS.items():
             argv += ["--search-attribute", f"{name}={kind}"]
-        self._spawn("temporal", argv)
+        # The dev server also binds random free ports of its own (HTTP, metrics, internal
+        # services): one may be taken between its choice and its bind. Try again then.
+        for _attempt in range(3):
+            proc = self._spawn("temporal", argv)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                if _tcp_open(self.ports.temporal):
+                    return
+                time.sleep(0.2)
+            if proc.poll() is None:
+                break
         _wait_for(
-            lambda: _tcp_open(self.ports.temporal), 60, "Temporal dev server", self._log("temporal")
+            lambda: _tcp_open(self.ports.temporal), 1, "Temporal dev server", self._log("temporal")
         )
 
     def start_s3(self) -> None:
@@ -270,6 +288,24 @@ class Stack:
         self._spawn("host-agent", [sys.executable, "-m", "worker.host"])
         self._expect_alive("host-agent")
 
+    def start_sim_host(self, name: str) -> None:
+        env = {"AINB_HOST_NAME": name, "AINB_RUNTIME": "sim", **self.sim_hosts.get(name, {})}
+        self._spawn(f"host-{name}", [sys.executable, "-m", "worker.host"], env)
+        self._expect_alive(f"host-{name}")
+
+    def wait_for_hosts(self, names: list[str], timeout: float = 60) -> None:
+        """Until the fleet counts every named host as up (their agents registered)."""
+
+        def ready() -> bool:
+            try:
+                r = httpx.get(f"{self.api_url}/v1/hosts", timeout=5)
+            except httpx.HTTPError:
+                return False
+            up = {h["name"] for h in r.json().get("hosts", []) if h["state"] == "up"}
+            return r.status_code == 200 and set(names) <= up
+
+        _wait_for(ready, timeout, f"hosts {names} to register", self._log("host-agent"))
+
     def start_api(self) -> None:
         self._spawn("api", [sys.executable, "-m", "api.main"])
 
@@ -287,7 +323,10 @@ class Stack:
         self.start_s3()
         self.start_control_worker()
         self.start_host_agent()
+        for name in self.sim_hosts:
+            self.start_sim_host(name)
         self.start_api()
+        self.wait_for_hosts([self.host_name, *self.sim_hosts])
 
     def _expect_alive(self, name: str) -> None:
         time.sleep(0.5)
@@ -314,7 +353,8 @@ class Stack:
 
     def stop(self) -> None:
         """Stop in reverse order of start, politely first."""
-        for name in ["api", "host-agent", "control-worker", "s3", "temporal"]:
+        sims = [f"host-{name}" for name in self.sim_hosts]
+        for name in ["api", *sims, "host-agent", "control-worker", "s3", "temporal"]:
             # SeaweedFS takes ~15 s to stop politely; what it acknowledged is on disk already.
             self.kill(name, signal.SIGTERM, grace_s=3 if name == "s3" else 30)
 
@@ -448,8 +488,9 @@ ainb is up (data in {stack.data_dir})
   REST API        {stack.api_url}   (OpenAPI: {stack.api_url}/docs)
   Temporal        {stack.temporal_address}   (Web UI: http://127.0.0.1:{p.temporal_ui})
   S3 (SeaweedFS)  {stack.s3_endpoint}   (credentials in {stack.data_dir / "secrets.json"})
-  control worker  task queue ainb-control
+  control worker  task queue ainb-control; the fleet is workflow ainb-fleet
   host agent      host '{stack.host_name}', runtime: {runtime_note}
+                  (registered: {stack.api_url}/v1/hosts)
   logs            {stack.data_dir / "logs"}
 Ctrl-C stops everything.""",
             flush=True,

@@ -25,19 +25,20 @@ with workflow.unsafe.imports_passed_through():
     from domain import activity_names as A
     from domain import codes
     from domain import search_attributes as sa
+    from domain.fleet import Allocation, CapacityRequest, Decision
     from domain.ids import CONTROL_TASK_QUEUE
     from domain.messages import (
         BillingState,
         Carry,
+        DataSyncRequest,
         DeleteRequest,
         DeleteWorkspaceInput,
+        LabelsRequest,
         LaunchInput,
         LaunchResult,
         NotebookInput,
         NotebookRef,
         PatchRequest,
-        PlaceInput,
-        Placement,
         ReadyInput,
         RunSettings,
         StartRequest,
@@ -51,7 +52,6 @@ with workflow.unsafe.imports_passed_through():
         WorkspaceSyncInput,
     )
     from domain.metering import advance, open_period
-    from domain.spec import Volume
     from domain.states import (
         IDLE_STATES,
         Command,
@@ -60,10 +60,25 @@ with workflow.unsafe.imports_passed_through():
         conflict_message,
         outcome,
     )
-    from domain.status import Info, Notebook, initial_status
+    from domain.status import (
+        SYNC_COUNTERS,
+        DataSync,
+        Info,
+        Notebook,
+        SyncProgress,
+        SyncState,
+        initial_status,
+    )
 
 S = NotebookState
 WAIT = workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+WORKSPACE = "workspace"
+# Finished datasyncs kept in the status (queued and running ones are always kept).
+KEEP_DATASYNCS = 10
+# Asking the fleet fails briefly while it continues as new: try again soon.
+_FLEET_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=2)
+)
 
 
 class _HostLost(Exception):
@@ -75,6 +90,17 @@ class _ActivityFailed(Exception):
         super().__init__(info.message)
         self.state = state
         self.info = info
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _invalid(field: str, message: str) -> ApplicationError:
+    """Bad input to an update: the API answers 422 naming ``field``."""
+    return ApplicationError(f"{field}: {message}", field, type="INVALID", non_retryable=True)
 
 
 def _is_host_lost(err: BaseException) -> bool:
@@ -112,6 +138,14 @@ class NotebookWorkflow:
         self._restart_after_stop = False
         self._delete_after_stop = False
         self._keep_workspace = False
+        # Datasync ids waiting for the RUNNING phase's sync loop, in order.
+        self._sync_queue: list[str] = []
+        self._sync_busy = False
+        self._syncs_stopping = False
+        # Capacity asked of the fleet (granted or queued) and not yet given back (I5).
+        self._capacity_held = carry.capacity_held if carry else False
+        self._allocation: Allocation | None = carry.allocation if carry else None
+        self._grant: Allocation | None = None
 
     # ---------------------------------------------------------------- main loop
 
@@ -127,10 +161,13 @@ class NotebookWorkflow:
             elif state in (S.STOPPING, S.DELETING):
                 await self._teardown()
                 if self._status.state == S.DELETED:
+                    await self._release_capacity()
                     await self._flush_usage()
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     return self._snapshot()
             else:
+                # ERROR after a lost host: its capacity is no longer ours (I5).
+                await self._release_capacity()
                 await workflow.wait_condition(
                     lambda: self._status.state not in IDLE_STATES or self._history_is_long()
                 )
@@ -177,29 +214,24 @@ class NotebookWorkflow:
             self._transition(S.RUNNING, Info(message="the editor is answering"))
 
     async def _start_sequence(self) -> None:
-        try:
-            placement: Placement = await workflow.execute_activity(
-                A.PLACE,
-                PlaceInput(ref=self._ref, resources=self._inp.spec.resources),
-                result_type=Placement,
-                task_queue=CONTROL_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
-            )
-        except ActivityError as err:
-            if isinstance(err.cause, CancelledError):
-                raise asyncio.CancelledError() from err
-            raise _ActivityFailed(S.ERROR, _failure_info(err, codes.LAUNCH_FAILED)) from err
-        self._task_queue = placement.task_queue
-        self._status.host = placement.host
-        self._set_info(Info(message=f"placed on host {placement.host}; pulling data"))
+        allocation = await self._capacity()
+        self._allocation = allocation
+        self._task_queue = allocation.task_queue
+        self._status.host = allocation.host
+        gpus = f", GPUs {','.join(allocation.gpu_ids)}" if allocation.gpu_ids else ""
+        self._set_info(Info(message=f"placed on host {allocation.host}{gpus}; pulling data"))
 
         await self._pull_data()
 
         self._set_info(Info(message="launching the editor container"))
         launch = await self._host_activity(
             A.LAUNCH_CONTAINER,
-            LaunchInput(ref=self._ref, spec=self._inp.spec, image=self._inp.image),
+            LaunchInput(
+                ref=self._ref,
+                spec=self._inp.spec,
+                image=self._inp.image,
+                allocation=self._allocation,
+            ),
             result_type=LaunchResult,
             start_to_close=timedelta(minutes=5),
             attempts=self._inp.tuning.launch_attempts,
@@ -219,6 +251,66 @@ class NotebookWorkflow:
             failure_code=codes.EDITOR_NOT_READY,
         )
 
+    async def _capacity(self) -> Allocation:
+        """Capacity from the fleet: granted at once, or after waiting in its queue (a stop
+        or delete while queued cancels the wait; the teardown gives the place back)."""
+        res = self._inp.spec.resources
+        self._capacity_held = True  # from the moment we ask: a release is always safe
+        self._grant = None
+        try:
+            # Local: one short Update to the fleet, without a round trip through the
+            # server's activity queue (it is most of the control plane's start latency).
+            decision: Decision = await workflow.execute_local_activity(
+                A.REQUEST_CAPACITY,
+                CapacityRequest(
+                    notebook=workflow.info().workflow_id,
+                    project=self._inp.project,
+                    flavor=res.flavor,
+                    units=res.units,
+                ),
+                result_type=Decision,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_FLEET_RETRY,
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                raise asyncio.CancelledError() from err
+            raise _ActivityFailed(S.ERROR, _failure_info(err, codes.LAUNCH_FAILED)) from err
+        if decision.outcome == "refused":
+            code = codes.QUOTA_EXCEEDED if "quota" in decision.message else codes.NO_CAPACITY
+            raise _ActivityFailed(S.FAILED, Info(code=code, message=decision.message))
+        if decision.outcome == "granted" and decision.allocation is not None:
+            return decision.allocation
+        self._set_info(
+            Info(
+                code=codes.QUEUED,
+                message=f"queued: number {decision.position} in line for "
+                f"{decision.waiting_for}; it starts as soon as a host has room",
+            )
+        )
+        await workflow.wait_condition(lambda: self._grant is not None)
+        assert self._grant is not None
+        return self._grant
+
+    @workflow.signal(name="capacity_granted")
+    def _capacity_granted(self, allocation: Allocation) -> None:
+        if self._capacity_held and allocation.notebook == workflow.info().workflow_id:
+            self._grant = allocation
+
+    async def _release_capacity(self) -> None:
+        """Give the fleet back what this notebook holds or waits for; a no-op if nothing."""
+        if not self._capacity_held:
+            return
+        await workflow.execute_local_activity(
+            A.RELEASE_CAPACITY,
+            workflow.info().workflow_id,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_FLEET_RETRY,
+        )
+        self._capacity_held = False
+        self._allocation = None
+        self._grant = None
+
     async def _pull_data(self) -> None:
         """Restore the workspace and pull every volume, in parallel."""
         ws = self._status.workspace
@@ -230,7 +322,7 @@ class NotebookWorkflow:
         jobs = []
         if ws.saved:
             jobs.append(self._restore_workspace())
-        jobs.extend(self._pull_volume(i, v) for i, v in enumerate(self._inp.spec.volumes))
+        jobs.extend(self._pull_volume(i) for i in range(len(self._inp.spec.volumes)))
         await self._all_or_nothing(jobs)
 
     async def _all_or_nothing(self, jobs: list[Any]) -> None:
@@ -241,10 +333,12 @@ class NotebookWorkflow:
             return
         try:
             await workflow.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        except GeneratorExit:
+            raise  # evicted from the worker's cache: nothing may be awaited any more
+        except BaseException:
+            await _cancel_and_wait(tasks)
+            raise
+        await _cancel_and_wait(tasks)
         errors = [t.exception() for t in tasks if not t.cancelled() and t.exception()]
         for err in errors:
             if isinstance(err, _HostLost):
@@ -260,32 +354,52 @@ class NotebookWorkflow:
     async def _restore_workspace(self) -> None:
         ws = self._status.workspace
         assert ws is not None
-        result = await self._host_activity(
-            A.RESTORE_WORKSPACE,
-            self._workspace_input(),
-            result_type=SyncResult,
-            start_to_close=timedelta(hours=12),
+        await self._sync_target(
+            None,
+            "pull",
             attempts=self._inp.tuning.start_sync_attempts,
             failure_code=codes.STORAGE_UNAVAILABLE,
         )
         ws.restored = True
-        ws.last_sync = result.progress
 
-    async def _pull_volume(self, index: int, volume: Volume) -> None:
-        result = await self._host_activity(
-            A.PULL_VOLUME,
-            VolumeSyncInput(ref=self._ref, index=index, volume=volume),
-            result_type=SyncResult,
-            start_to_close=timedelta(hours=12),
+    async def _pull_volume(self, index: int) -> None:
+        await self._sync_target(
+            index,
+            "pull",
             attempts=self._inp.tuning.start_sync_attempts,
             failure_code=codes.STORAGE_UNAVAILABLE,
         )
         self._status.volumes[index].pulled = True
-        self._status.volumes[index].last_sync = result.progress
+        self._status.volumes[index].repull = False
 
     async def _running(self) -> None:
-        """Watch the container until it exits or its timeout; checkpoint usage on the way.
-        A stop or delete cancels this phase."""
+        """Watch the container until it exits or its timeout, while a second task runs the
+        syncs asked for and the periodic workspace checkpoints. A stop or delete cancels
+        this phase; the syncs are cancelled (and waited for) before the teardown pushes."""
+        self._syncs_stopping = False
+        syncs = asyncio.create_task(self._sync_loop())
+        try:
+            await self._watch_loop()
+        except GeneratorExit:
+            raise  # evicted from the worker's cache: nothing may be awaited any more
+        except BaseException:
+            await self._stop_syncs(syncs)
+            raise
+        await self._stop_syncs(syncs)
+
+    async def _stop_syncs(self, syncs: asyncio.Task[None]) -> None:
+        # Nothing may still write to the notebook's data once the teardown starts: a
+        # sync whose activity finished despite the cancel must not start another.
+        self._syncs_stopping = True
+        while not syncs.done():
+            syncs.cancel()
+            try:
+                await workflow.wait([syncs])
+            except asyncio.CancelledError:
+                continue  # a second stop or delete: keep waiting for the syncs
+        self._abandon_datasyncs()
+
+    async def _watch_loop(self) -> None:
         b = self._billing
         assert b.started_at is not None and self._run is not None
         deadline = b.started_at + timedelta(seconds=self._run.timeout_s)
@@ -440,7 +554,8 @@ class NotebookWorkflow:
         )
 
     async def _maybe_continue_as_new(self) -> None:
-        if self._history_is_long():
+        # A sync in flight belongs to this run: continue as new once it is done.
+        if self._history_is_long() and not self._sync_busy and not self._sync_queue:
             await self._flush_usage()
             await workflow.wait_condition(workflow.all_handlers_finished)
             workflow.continue_as_new(self._carry_over())
@@ -459,6 +574,8 @@ class NotebookWorkflow:
                 )
                 if stopped.existed:
                     self._status.last_stopped_at = workflow.now()
+                # The container is gone: its capacity goes back at once, before the push (I5).
+                await self._release_capacity()
                 await self._push_data()
                 await self._host_activity(
                     A.REMOVE_LOCAL_DATA,
@@ -475,6 +592,7 @@ class NotebookWorkflow:
             self._status.container = None
             self._status.url = None
             self._task_queue = None
+        await self._release_capacity()  # queued, or never launched
 
         if self._status.state == S.DELETING or self._delete_after_stop:
             self._transition(S.DELETING, Info(message="removing the notebook's data"))
@@ -512,49 +630,215 @@ class NotebookWorkflow:
         assert ws is not None
         # One at a time: each retries on its own until storage takes it.
         for index, volume in enumerate(self._inp.spec.volumes):
-            if volume.pushed and self._status.volumes[index].pulled:
-                await self._push_volume(index, volume)
+            status = self._status.volumes[index]
+            if volume.pushed and status.pulled:
+                if status.repull:
+                    # A pull while RUNNING did not finish: finish it (it keeps local
+                    # changes) so a push cannot take missing files for deleted ones.
+                    await self._retry_forever(index, "pull")
+                    status.repull = False
+                await self._retry_forever(index, "push")
         if ws.restored and not deleting_for_good:
-            await self._save_workspace()
+            await self._retry_forever(None, "push")
 
-    async def _push_volume(self, index: int, volume: Volume) -> None:
-        result = await self._retry_forever(
-            f"volume {volume.mount_path}",
-            A.PUSH_VOLUME,
-            VolumeSyncInput(ref=self._ref, index=index, volume=volume),
-        )
-        self._status.volumes[index].last_sync = result.progress
-
-    async def _save_workspace(self) -> None:
-        ws = self._status.workspace
-        assert ws is not None
-        result = await self._retry_forever("workspace", A.SAVE_WORKSPACE, self._workspace_input())
-        ws.saved = True
-        ws.last_saved_at = workflow.now()
-        ws.last_sync = result.progress
-
-    async def _retry_forever(self, what: str, activity: str, arg: Any) -> SyncResult:
+    async def _retry_forever(self, index: int | None, direction: str) -> None:
+        what = "workspace" if index is None else f"volume {self._target_name(index)}"
+        verb = "saving" if direction == "push" else "pulling"
         delay = 1.0
         while True:
             try:
-                return await self._host_activity(
-                    activity,
-                    arg,
-                    result_type=SyncResult,
-                    start_to_close=timedelta(hours=12),
-                    attempts=3,
-                    failure_code=codes.STORAGE_UNAVAILABLE,
+                await self._sync_target(
+                    index, direction, attempts=3, failure_code=codes.STORAGE_UNAVAILABLE
                 )
+                return
             except _ActivityFailed as failed:
                 self._set_info(
                     Info(
                         code=codes.SYNC_RETRYING,
-                        message=f"saving {what} failed, retrying in {delay:.0f}s: "
+                        message=f"{verb} {what} failed, retrying in {delay:.0f}s: "
                         f"{failed.info.message}",
                     )
                 )
             await workflow.sleep(timedelta(seconds=delay))
             delay = min(delay * 2, self._inp.tuning.push_retry_max_interval_s)
+
+    # ------------------------------------------------------------------- syncs
+
+    def _target_name(self, index: int | None) -> str:
+        return WORKSPACE if index is None else self._inp.spec.volumes[index].mount_path
+
+    async def _sync_target(
+        self, index: int | None, direction: str, *, attempts: int, failure_code: str
+    ) -> SyncProgress:
+        """One sync of the workspace (index None) or a volume; its status shows it running
+        (the API adds the live numbers from the activity's heartbeats), then its result."""
+        if index is None:
+            holder: Any = self._status.workspace
+            activity = A.SAVE_WORKSPACE if direction == "push" else A.RESTORE_WORKSPACE
+            arg: Any = self._workspace_input()
+            key = WORKSPACE
+        else:
+            holder = self._status.volumes[index]
+            activity = A.PUSH_VOLUME if direction == "push" else A.PULL_VOLUME
+            arg = VolumeSyncInput(ref=self._ref, index=index, volume=self._inp.spec.volumes[index])
+            key = f"volume-{index}"
+        running = SyncProgress(
+            direction=direction, state=SyncState.RUNNING, started_at=workflow.now()
+        )
+        holder.last_sync = running
+        try:
+            result: SyncResult = await self._host_activity(
+                activity,
+                arg,
+                result_type=SyncResult,
+                start_to_close=timedelta(hours=12),
+                attempts=attempts,
+                failure_code=failure_code,
+                activity_id=f"sync:{key}:{direction}:{workflow.uuid4().hex[:8]}",
+            )
+        except GeneratorExit:
+            raise
+        except BaseException as err:
+            message = (
+                err.info.message
+                if isinstance(err, _ActivityFailed)
+                else "the host stopped answering"
+                if isinstance(err, _HostLost)
+                else "interrupted"
+            )
+            holder.last_sync = running.model_copy(
+                update={"state": SyncState.FAILED, "ended_at": workflow.now(), "message": message}
+            )
+            raise
+        holder.last_sync = result.progress
+        if index is None and direction == "push":
+            holder.saved = True
+            holder.last_saved_at = workflow.now()
+        return result.progress
+
+    async def _sync_loop(self) -> None:
+        """While RUNNING: the datasyncs asked for, in order, and the periodic workspace
+        checkpoint (a normal incremental push), one at a time."""
+        ws = self._status.workspace
+        assert ws is not None
+        every = self._inp.tuning.workspace_checkpoint_s
+        if every > 0 and ws.next_checkpoint_at is None:
+            ws.next_checkpoint_at = workflow.now() + timedelta(seconds=every)
+        while not self._syncs_stopping:
+            due = ws.next_checkpoint_at
+            wait = None if due is None else due - workflow.now()
+            if not self._sync_queue and (wait is None or wait > timedelta(0)):
+                try:
+                    await workflow.wait_condition(
+                        lambda: bool(self._sync_queue) or self._syncs_stopping, timeout=wait
+                    )
+                except asyncio.TimeoutError:  # noqa: UP041 (TimeoutError is Temporal's here)
+                    pass
+            if self._syncs_stopping:
+                return
+            self._sync_busy = True
+            try:
+                if self._sync_queue:
+                    await self._run_datasync(self._datasync(self._sync_queue[0]))
+                    self._sync_queue.pop(0)
+                elif due is not None and workflow.now() >= due:
+                    try:
+                        await self._sync_target(
+                            None, "push", attempts=3, failure_code=codes.STORAGE_UNAVAILABLE
+                        )
+                    except (_ActivityFailed, _HostLost):
+                        pass  # shown in workspace.last_sync; the next checkpoint tries again
+                    ws.next_checkpoint_at = workflow.now() + timedelta(seconds=every)
+            finally:
+                self._sync_busy = False
+
+    def _datasync(self, sync_id: str) -> DataSync:
+        return next(d for d in self._status.datasyncs if d.id == sync_id)
+
+    async def _run_datasync(self, job: DataSync) -> None:
+        job.state = SyncState.RUNNING
+        job.started_at = workflow.now()
+        job.message = ""
+        problems: list[str] = []
+        for target in job.targets:
+            index = None if target == WORKSPACE else self._volume_index(target)
+            job.current = target
+            try:
+                progress = await self._sync_target(
+                    index, job.direction, attempts=3, failure_code=codes.STORAGE_UNAVAILABLE
+                )
+            except _ActivityFailed as failed:
+                if index is not None and job.direction == "pull":
+                    self._status.volumes[index].repull = True
+                problems.append(f"{target}: {failed.info.message}")
+                continue
+            except _HostLost:
+                problems.append(f"{target}: the host stopped answering")
+                break
+            finally:
+                job.current = None
+            for name in SYNC_COUNTERS:
+                setattr(job, name, getattr(job, name) + getattr(progress, name))
+            if index is not None and job.direction == "pull":
+                self._status.volumes[index].repull = False
+        job.state = SyncState.FAILED if problems else SyncState.DONE
+        job.ended_at = workflow.now()
+        job.message = "; ".join(problems)
+        self._trim_datasyncs()
+
+    def _abandon_datasyncs(self) -> None:
+        """The notebook left RUNNING: what was asked for and not done will not be."""
+        for job in self._status.datasyncs:
+            if job.state in (SyncState.QUEUED, SyncState.RUNNING):
+                if job.state == SyncState.RUNNING and job.direction == "pull" and job.current:
+                    if job.current != WORKSPACE:
+                        self._status.volumes[self._volume_index(job.current)].repull = True
+                job.state = SyncState.FAILED
+                job.current = None
+                job.ended_at = workflow.now()
+                job.message = (
+                    "interrupted: the notebook left RUNNING (its stop saves every rw and "
+                    "rwd volume and the workspace)"
+                )
+        self._sync_queue.clear()
+        ws = self._status.workspace
+        if ws is not None and self._status.state != S.RUNNING:
+            ws.next_checkpoint_at = None  # still RUNNING: a continue-as-new keeps the schedule
+
+    def _trim_datasyncs(self) -> None:
+        jobs = self._status.datasyncs
+        finished = [j for j in jobs if j.state in (SyncState.DONE, SyncState.FAILED)]
+        drop = {j.id for j in finished[: max(0, len(finished) - KEEP_DATASYNCS)]}
+        self._status.datasyncs = [j for j in jobs if j.id not in drop]
+
+    def _volume_index(self, mount_path: str) -> int:
+        return next(i for i, v in enumerate(self._inp.spec.volumes) if v.mount_path == mount_path)
+
+    def _datasync_targets(self, req: DataSyncRequest) -> list[str]:
+        """What a datasync covers, or an INVALID error naming the field (the API's 422)."""
+        volumes = self._inp.spec.volumes
+        if req.volume is None:
+            if req.direction == "pull":
+                targets = [v.mount_path for v in volumes]
+                if not targets:
+                    raise _invalid("volume", "the notebook has no volumes to pull")
+                return targets
+            return [v.mount_path for v in volumes if v.pushed] + [WORKSPACE]
+        wanted = req.volume.rstrip("/") or req.volume
+        if wanted in (WORKSPACE, "/workspace"):
+            if req.direction == "pull":
+                raise _invalid(
+                    "volume",
+                    "the workspace is restored at start only; pull a volume, or push the workspace",
+                )
+            return [WORKSPACE]
+        match = next((v for v in volumes if v.mount_path == wanted), None)
+        if match is None:
+            known = ", ".join([v.mount_path for v in volumes] + [WORKSPACE])
+            raise _invalid("volume", f"no volume is mounted at {req.volume!r} (known: {known})")
+        if req.direction == "push" and not match.pushed:
+            raise _invalid("volume", f"{match.mount_path} is read-only (ro): it is never pushed")
+        return [match.mount_path]
 
     # ------------------------------------------------------------------ helpers
 
@@ -584,6 +868,7 @@ class NotebookWorkflow:
         start_to_close: timedelta,
         attempts: int,
         failure_code: str,
+        activity_id: str | None = None,
     ) -> Any:
         """Run an activity on the notebook's host; map failures to _HostLost or _ActivityFailed."""
         try:
@@ -591,6 +876,7 @@ class NotebookWorkflow:
                 name,
                 arg,
                 result_type=result_type,
+                activity_id=activity_id,
                 task_queue=self._task_queue,
                 schedule_to_start_timeout=self._pickup_timeout(),
                 start_to_close_timeout=start_to_close,
@@ -656,6 +942,16 @@ class NotebookWorkflow:
             f"billed: {st.billed_minutes_current} min this run (recorded so far), "
             f"{st.billed_minutes_total} min in all"
         )
+        ws = st.workspace
+        if ws is not None and ws.last_saved_at is not None:
+            lines.append(
+                f"workspace saved at {ws.last_saved_at.isoformat(timespec='seconds')}"
+                + (
+                    f"; next checkpoint {ws.next_checkpoint_at.isoformat(timespec='seconds')}"
+                    if ws.next_checkpoint_at
+                    else ""
+                )
+            )
         workflow.set_current_details("\n\n".join(lines))
 
     def _set_info(self, info: Info) -> None:
@@ -681,6 +977,8 @@ class NotebookWorkflow:
             task_queue=self._task_queue,
             container_launched=self._container_launched,
             run=self._run,
+            capacity_held=self._capacity_held,
+            allocation=self._allocation,
         )
         return self._inp.model_copy(update={"carry": carry})
 
@@ -742,6 +1040,55 @@ class NotebookWorkflow:
                 type="CONFLICT",
                 non_retryable=True,
             )
+
+    @workflow.update
+    def datasync(self, req: DataSyncRequest) -> Notebook:
+        """Queue a sync while RUNNING; its progress shows in ``status.datasyncs``."""
+        targets = self._datasync_targets(req)
+        queued = next(
+            (
+                d
+                for d in self._status.datasyncs
+                if d.state == SyncState.QUEUED
+                and (d.direction, d.volume) == (req.direction, req.volume)
+            ),
+            None,
+        )
+        if queued is None:  # the same request still queued covers this one
+            job = DataSync(
+                id=workflow.uuid4().hex[:12],
+                direction=req.direction,
+                volume=req.volume,
+                requested_at=workflow.now(),
+                targets=targets,
+            )
+            self._status.datasyncs.append(job)
+            self._sync_queue.append(job.id)
+            self._updated_at = workflow.now()
+        return self._snapshot()
+
+    @datasync.validator
+    def _validate_datasync(self, req: DataSyncRequest) -> None:
+        if self._status.state != S.RUNNING:
+            raise ApplicationError(
+                f"a datasync needs a RUNNING notebook; this one is {self._status.state.value}",
+                type="CONFLICT",
+                non_retryable=True,
+            )
+        self._datasync_targets(req)
+
+    @workflow.update
+    def set_labels(self, req: LabelsRequest) -> Notebook:
+        """Replace the labels; list filters and the Web UI see them at once."""
+        spec = self._inp.spec.model_copy(update={"labels": dict(req.labels)})
+        self._inp = self._inp.model_copy(update={"spec": spec})
+        workflow.upsert_search_attributes([sa.LABELS.value_set(sa.label_terms(req.labels))])
+        self._updated_at = workflow.now()
+        return self._snapshot()
+
+    @set_labels.validator
+    def _validate_set_labels(self, req: LabelsRequest) -> None:
+        self._validate_patch(PatchRequest())
 
     @workflow.update
     def delete(self, req: DeleteRequest) -> Notebook:

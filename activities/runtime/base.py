@@ -38,6 +38,8 @@ class LaunchSpec:
     cpus: float
     memory_bytes: int
     gpus: int = 0
+    # The GPUs the fleet granted (device ids); the container gets exactly these.
+    gpu_ids: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -51,6 +53,8 @@ class ContainerState:
 
 class ContainerRuntime(Protocol):
     name: str
+    # Whether the editor answers HTTP (a simulated host's do not).
+    serves_http: bool
 
     def start(self, spec: LaunchSpec) -> ContainerState:
         """Start the notebook's container, or return the one that already exists."""
@@ -68,4 +72,8 @@ class ContainerRuntime(Protocol):
 
     def ports_in_use(self) -> set[int]:
         """Ports given to this host's editors that still exist, bound yet or not."""
+        ...
+
+    def managed(self) -> dict[str, str]:
+        """Notebook id -> project of this platform's containers on this host, running or not."""
         ...

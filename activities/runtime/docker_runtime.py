@@ -16,6 +16,10 @@ PORT_LABEL = LABEL_PREFIX + "port"
 NOTEBOOK_LABEL = LABEL_PREFIX + "notebook"
 PROJECT_LABEL = LABEL_PREFIX + "project"
 MANAGED_LABEL = LABEL_PREFIX + "managed"
+# Which installation and host made a container: several platforms (a test run beside a
+# developer's stack) may share one engine, and each reconciles only its own containers.
+INSTALLATION_LABEL = LABEL_PREFIX + "installation"
+HOST_LABEL = LABEL_PREFIX + "host"
 
 _UNAVAILABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
@@ -31,12 +35,25 @@ def engine_answers(timeout: float = 3.0) -> bool:
         return False
 
 
+# What JupyterLab or code-server needs as root in its own container: file ownership and
+# permission overrides on the workspace, and dropping to a user. Nothing else.
+CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL"]
+
+
 class DockerRuntime:
     name = "docker"
+    serves_http = True
 
-    def __init__(self, connect: Callable[[], docker.DockerClient] | None = None) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], docker.DockerClient] | None = None,
+        *,
+        installation: str = "",
+        host: str = "",
+    ) -> None:
         self._connect = connect or (lambda: docker.from_env(timeout=60))
         self._connected: docker.DockerClient | None = None
+        self._scope = {INSTALLATION_LABEL: installation, HOST_LABEL: host}
 
     @property
     def _client(self) -> docker.DockerClient:
@@ -88,41 +105,10 @@ class DockerRuntime:
                 raise ImageNotFound(
                     f"image {spec.image} is not on this host: build it with `bash images/build.sh`"
                 ) from None
-            labels = {
-                MANAGED_LABEL: "true",
-                NOTEBOOK_LABEL: spec.notebook_id,
-                PROJECT_LABEL: spec.project,
-                PORT_LABEL: str(spec.port),
-                **spec.labels,
-            }
-            device_requests = (
-                [docker.types.DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])]
-                if spec.gpus
-                else None
-            )
             try:
-                container = self._client.containers.create(
-                    spec.image,
-                    name=container_name(spec.notebook_id),
-                    labels=labels,
-                    environment=spec.env,
-                    network_mode="host",
-                    mounts=[
-                        docker.types.Mount(
-                            target=m.target,
-                            source=str(m.source),
-                            type="bind",
-                            read_only=m.read_only,
-                        )
-                        for m in spec.mounts
-                    ],
-                    nano_cpus=int(spec.cpus * 1e9),
-                    mem_limit=spec.memory_bytes,
-                    device_requests=device_requests,
-                    security_opt=["no-new-privileges"],
-                    pids_limit=4096,
-                    init=False,
-                )
+                kwargs = create_kwargs(spec)
+                kwargs["labels"].update(self._scope)
+                container = self._client.containers.create(spec.image, **kwargs)
             except docker.errors.APIError as err:
                 if err.status_code == 409:  # a concurrent attempt created it first
                     container = self._get(spec.notebook_id)
@@ -162,6 +148,19 @@ class DockerRuntime:
             return ""
         return container.logs(tail=tail).decode(errors="replace")
 
+    def managed(self) -> dict[str, str]:
+        """This installation's containers on this host (not other platforms' on the engine)."""
+        labels = [MANAGED_LABEL, *(f"{k}={v}" for k, v in self._scope.items())]
+        try:
+            containers = self._client.containers.list(all=True, filters={"label": labels})
+        except _UNAVAILABLE as err:
+            raise RuntimeUnavailable(f"the Docker engine does not answer: {err}") from err
+        return {
+            c.labels[NOTEBOOK_LABEL]: c.labels.get(PROJECT_LABEL, "")
+            for c in containers
+            if c.labels.get(NOTEBOOK_LABEL)
+        }
+
     def ports_in_use(self) -> set[int]:
         """Editor ports of this platform's containers that exist (running or about to)."""
         try:
@@ -173,3 +172,51 @@ class DockerRuntime:
             for c in containers
             if c.labels.get(PORT_LABEL) and c.status in ("created", "running", "restarting")
         }
+
+
+def create_kwargs(spec: LaunchSpec) -> dict:
+    """How a notebook's container is made: its name, limits, GPUs and hardening."""
+    labels = {
+        MANAGED_LABEL: "true",
+        NOTEBOOK_LABEL: spec.notebook_id,
+        PROJECT_LABEL: spec.project,
+        PORT_LABEL: str(spec.port),
+        **spec.labels,
+    }
+    device_requests = None
+    if spec.gpus:
+        # Exactly the granted devices, never "any N": two notebooks never share one.
+        device_requests = [
+            docker.types.DeviceRequest(
+                device_ids=list(spec.gpu_ids), capabilities=[["gpu"]], driver="nvidia"
+            )
+            if spec.gpu_ids
+            else docker.types.DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])
+        ]
+    return dict(
+        name=container_name(spec.notebook_id),
+        labels=labels,
+        environment={
+            **spec.env,
+            **({"NVIDIA_VISIBLE_DEVICES": ",".join(spec.gpu_ids)} if spec.gpu_ids else {}),
+        },
+        network_mode="host",
+        mounts=[
+            docker.types.Mount(
+                target=m.target,
+                source=str(m.source),
+                type="bind",
+                read_only=m.read_only,
+            )
+            for m in spec.mounts
+        ],
+        nano_cpus=int(spec.cpus * 1e9),
+        mem_limit=spec.memory_bytes,
+        device_requests=device_requests,
+        security_opt=["no-new-privileges"],
+        cap_drop=["ALL"],
+        cap_add=CAPABILITIES,
+        privileged=False,
+        pids_limit=4096,
+        init=False,
+    )

@@ -37,6 +37,7 @@ def _alive(pid: int) -> bool:
 
 class LocalRuntime:
     name = "local-process"
+    serves_http = True
 
     def __init__(self, state_dir: Path) -> None:
         self._dir = state_dir
@@ -97,6 +98,7 @@ class LocalRuntime:
         log.close()
         pid_file.write_text(str(proc.pid))
         port_file.write_text(str(spec.port))
+        (d / "editor.project").write_text(spec.project)
         return ContainerState(
             name=container_name(spec.notebook_id), running=True, exit_code=None, port=spec.port
         )
@@ -146,6 +148,15 @@ class LocalRuntime:
             if state is not None and state.running and state.port:
                 ports.add(state.port)
         return ports
+
+    def managed(self) -> dict[str, str]:
+        if not self._dir.is_dir():
+            return {}
+        return {
+            d.name: (d / "editor.project").read_text() if (d / "editor.project").exists() else ""
+            for d in self._dir.iterdir()
+            if (d / "editor.pid").exists()
+        }
 
     def logs(self, notebook_id: str, tail: int = 50) -> str:
         path = self._dir / notebook_id / "editor.log"

@@ -2,8 +2,10 @@
 
 Used by Temporal activities to pull a notebook's volumes and workspace when it
 starts and to push them back when it stops.  Everything here is synchronous
-(blocking); parallelism comes from a thread pool for many small files and from
-s3transfer's multipart machinery for large ones.
+(blocking) for the caller.  Object data moves through the AWS Common Runtime S3
+client (:mod:`activities.storage.crt_engine`: native signing, connection
+pooling, retries and multipart splitting, many requests in flight from one
+thread); boto3 is used for the rest (bucket checks, HEAD, deletes).
 
 Object layout under ``prefix`` (``prefix/rel/path``):
 
@@ -19,17 +21,20 @@ Object layout under ``prefix`` (``prefix/rel/path``):
 Safety rules (losing user data is the worst possible bug):
 
 * a pull writes each file to a temporary file in the destination directory,
-  fsyncs it and renames it into place, so a crash never leaves a truncated
-  file under the final name; it never writes through a symlink;
+  makes it durable (fsync, or one ``syncfs`` for a batch of files) and only
+  then renames it into place, so a crash never leaves a truncated file under
+  the final name; the manifest is only saved after the renames it records are
+  durable too; a pull never writes through a symlink;
 * a push never follows symlinks and never reads outside ``local_dir``;
 * any per-file failure makes the whole call raise (after everything else has
   been tried), so a caller never mistakes a partial sync for a complete one;
 * deletions (``delete=True``) are skipped entirely if anything else failed;
 * ``push(delete=True)`` refuses to run if the last pull of the same
   bucket/prefix into ``local_dir`` did not complete (the local tree would be
-  missing files and the push would delete them remotely), and refuses to
-  delete anything if there is no record at all (no manifest) that
-  ``local_dir`` was ever synced with that prefix (wrong/empty directory);
+  missing files and the push would delete them remotely), and only deletes
+  objects this directory knew (recorded by an earlier pull or push, with the
+  same ETag) and no longer has: an object new or changed in storage since is
+  someone else's and is kept, and a directory with no record deletes nothing;
 * a pull never destroys local data that is not known to be in storage: a
   local file changed since the last sync while the object did not (e.g. the
   last push failed) is kept as is; a local file that must be overwritten or
@@ -56,13 +61,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import dataclasses
+import email.utils
 import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import queue
+import random
 import re
 import secrets
 import shutil
@@ -94,11 +103,8 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
-from s3transfer.exceptions import CancelledError as TransferCancelledError
-from s3transfer.exceptions import RetriesExceededError
-from s3transfer.manager import TransferConfig, TransferManager
-from s3transfer.subscribers import BaseSubscriber
 
+from activities.storage.crt_engine import CrtCancelled, CrtEngine, Transfer
 from activities.storage.errors import (
     StorageAccessError,
     StorageError,
@@ -118,14 +124,15 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 
-#: Files at least this large are transferred with multipart (parallel parts).
+#: Files at least this large are "large": progress is reported while they
+#: move, and a pull starts their writeback to disk while they download.  (The
+#: CRT uses multipart/ranged transfers above its part size, 8 MiB.)
 MULTIPART_THRESHOLD = 32 * MiB
-#: Part size for multipart transfers (s3transfer raises it for huge files so
-#: that no more than 10,000 parts are needed).
-MULTIPART_CHUNKSIZE = 8 * MiB
 #: Files up to this size are read into memory before upload (consistent
-#: snapshot, Content-MD5 integrity check); larger ones are streamed.
-IN_MEMORY_UPLOAD_LIMIT = 4 * MiB
+#: snapshot, Content-MD5 integrity check); larger ones are streamed by the CRT
+#: from the already opened file (``/proc/self/fd/N``, never a path that could
+#: have become a symlink).
+IN_MEMORY_UPLOAD_LIMIT = 1 * MiB
 
 META_MODE = "mode"
 META_MTIME = "mtime"
@@ -135,8 +142,16 @@ DIRECTORY_CONTENT_TYPE = "application/x-directory"
 _IO_CHUNK = 1 * MiB
 _PROGRESS_INTERVAL = 0.5
 _STOP_POLL_INTERVAL = 0.05
-_MANIFEST_SAVE_FILES = 500
-_MANIFEST_SAVE_SECONDS = 5.0
+_MANIFEST_SAVE_SECONDS = 1.5
+# A pull makes finished files durable and renames them into place in batches.
+_FLUSH_FILES = 2000
+_FLUSH_BYTES = 256 * MiB
+_FLUSH_SECONDS = 0.5
+# In-flight CRT requests per sync (per ``workers``, bounded).
+_INFLIGHT_PER_WORKER = 8
+_MAX_INFLIGHT = 256
+_PROC_FD = "/proc/self/fd"
+_HAVE_PROC_FD = os.path.isdir(_PROC_FD)
 _MANIFEST_VERSION = 1
 _DELETE_BATCH = 1000
 _STREAM_ATTEMPTS = 3
@@ -217,6 +232,7 @@ class SyncStats:
     files_skipped: int = 0  # unchanged, not transferred
     files_failed: int = 0
     files_deleted: int = 0
+    files_seeded: int = 0  # copied from ``seed_from`` instead of downloaded (also in files_done)
 
 
 def pull(
@@ -229,6 +245,7 @@ def pull(
     progress: Callable[[SyncStats], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     workers: int = 16,
+    seed_from: Path | None = None,
 ) -> SyncStats:
     """Make ``local_dir`` mirror the objects under ``s3://bucket/prefix``.
 
@@ -236,10 +253,16 @@ def pull(
     local files, symlinks and directories that do not exist remotely are
     removed; with ``delete=False`` they are kept.  Returns the stats; raises
     :class:`StorageError` (or a subclass) if anything could not be pulled.
+
+    ``seed_from`` names a directory previously pulled from the same
+    bucket/prefix (with its own pull manifest next to it, e.g. a host-local
+    cache).  A file whose object has the same ETag and size as the seed's
+    manifest records, and whose seed copy is still exactly what that manifest
+    recorded, is copied locally instead of downloaded (``files_seeded``).
     """
     ctx = _Ctx.make(s3, bucket, prefix, local_dir, "pull")
     with _DirLock(ctx):
-        return _Puller(ctx, delete, progress, should_stop, workers).run()
+        return _Puller(ctx, delete, progress, should_stop, workers, seed_from).run()
 
 
 def push(
@@ -488,7 +511,8 @@ def _decode_target(value: str) -> str:
 
 
 def _new_tmp_name() -> str:
-    return _TMP_PREFIX + secrets.token_hex(8)
+    # unpredictable enough; files are created with O_EXCL|O_NOFOLLOW anyway
+    return f"{_TMP_PREFIX}{random.getrandbits(64):016x}"
 
 
 def _lstat(path: str) -> os.stat_result | None:
@@ -618,7 +642,8 @@ def _map_error(exc: BaseException, ctx: _Ctx, doing: str) -> StorageError | None
     """Map an exception to a sync-wide StorageError, or None if it is per-file."""
     if isinstance(exc, StorageError):
         return exc
-    if isinstance(exc, RetriesExceededError) and exc.last_exception is not None:
+    # s3transfer's RetriesExceededError (duck-typed: importing s3transfer is slow)
+    if type(exc).__name__ == "RetriesExceededError" and getattr(exc, "last_exception", None):
         mapped = _map_error(exc.last_exception, ctx, doing)
         if mapped is not None:
             return mapped
@@ -743,6 +768,49 @@ def _delete_keys(ctx: _Ctx, keys: Sequence[str], doing: str) -> dict[str, tuple[
 # --------------------------------------------------------------------------
 
 
+class _Entries(dict):
+    """A dict that remembers whether it was modified (to skip re-serialising it).
+
+    Entries are replaced, never modified in place, by the sync code.
+    """
+
+    __slots__ = ("changed",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.changed = True
+
+    def __setitem__(self, key: str, value: dict) -> None:
+        self.changed = True
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.changed = True
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key in self:
+            self.changed = True
+        return super().pop(key, *default)
+
+    def popitem(self) -> Any:
+        self.changed = True
+        return super().popitem()
+
+    def clear(self) -> None:
+        self.changed = True
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.changed = True
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self.changed = True
+        return super().setdefault(key, default)
+
+
 class _Manifest:
     """key -> {t, size, etag, mtime_ns, mode[, target]} for one bucket/prefix."""
 
@@ -750,7 +818,11 @@ class _Manifest:
         self.path = path
         self.kind = kind
         self.ctx = ctx
-        self.entries = entries
+        self.entries: _Entries = entries if isinstance(entries, _Entries) else _Entries(entries)
+        #: serialised ``entries`` while they are unchanged (saving 20k entries costs ~0.1 s)
+        self._entries_json: bytes | None = None
+        #: (complete, entries unchanged) as last written, to skip identical rewrites
+        self._on_disk: bool | None = None
         self.complete = False
         #: the file on disk belongs to another bucket/prefix (do not clobber it needlessly)
         self.foreign = False
@@ -758,10 +830,11 @@ class _Manifest:
         self.found = False
 
     @staticmethod
-    def read_raw(path: Path) -> dict | None:
+    def read_raw(path: Path, blob_out: list | None = None) -> dict | None:
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
+            with open(path, "rb") as f:
+                blob = f.read()
+            data = json.loads(blob)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
@@ -769,13 +842,17 @@ class _Manifest:
             return None
         if not isinstance(data, dict) or data.get("version") != _MANIFEST_VERSION:
             return None
+        if blob_out is not None:
+            blob_out.append(blob)
         return data
 
     @classmethod
     def load(cls, ctx: _Ctx, kind: str) -> _Manifest:
         path = ctx.manifest_path(kind)
-        data = cls.read_raw(path)
+        blobs: list[bytes] = []
+        data = cls.read_raw(path, blobs)
         entries: dict[str, dict] = {}
+        entries_json: bytes | None = None
         foreign = False
         complete = data is None  # nothing was ever pulled: nothing is half-pulled either
         if data is not None:
@@ -784,25 +861,48 @@ class _Manifest:
                 raw = data.get("entries")
                 if isinstance(raw, dict):
                     entries = {k: v for k, v in raw.items() if isinstance(v, dict)}
+                    # we write "entries" last: keep its text to rewrite the header only
+                    blob = blobs[0].rstrip()
+                    at = blob.find(b',"entries":')
+                    if len(entries) == len(raw) and at > 0 and blob.endswith(b"}"):
+                        entries_json = blob[at + 11 : -1]
             else:
                 foreign = True
         manifest = cls(path, kind, ctx, entries)
+        if entries_json is not None:
+            manifest.entries.changed = False
+            manifest._entries_json = entries_json
+            manifest._on_disk = complete
         manifest.foreign = foreign
         manifest.complete = complete
         manifest.found = data is not None and not foreign
         return manifest
 
     def save(self) -> None:
-        data = {
+        entries = self.entries
+        if entries.changed or self._entries_json is None:
+            self._entries_json = json.dumps(entries, separators=(",", ":")).encode("utf-8")
+            entries.changed = False
+            self._on_disk = None
+        elif self._on_disk is not None and self._on_disk == self.complete:
+            return  # the file already says exactly this
+        head = {
             "version": _MANIFEST_VERSION,
             "kind": self.kind,
             "bucket": self.ctx.bucket,
             "prefix": self.ctx.prefix,
             "complete": self.complete,
             "saved_at": time.time(),
-            "entries": self.entries,
         }
-        blob = json.dumps(data, separators=(",", ":")).encode("utf-8")
+        # "entries" last (load() relies on it to reuse the entries' text)
+        blob = b"".join(
+            (
+                json.dumps(head, separators=(",", ":")).encode("utf-8")[:-1],
+                b',"entries":',
+                self._entries_json,
+                b"}",
+            )
+        )
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -814,6 +914,7 @@ class _Manifest:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
+        self._on_disk = self.complete
 
 
 class _DirLock:
@@ -964,6 +1065,44 @@ def _local_matches(entry: dict, st: os.stat_result | None, path: str) -> bool:
     return False
 
 
+# Part sizes to try when matching a local file against a multipart ETag: ours first,
+# then common defaults of other uploaders (aws cli 8 MiB, rclone 5 MiB, s5cmd 50 MiB).
+_ETAG_PART_SIZES = (8 * MiB, 5 * MiB, 16 * MiB, 50 * MiB, 64 * MiB, 100 * MiB)
+
+
+def _same_content(path: str, st: os.stat_result, size: int, etag: str) -> bool:
+    """Does the local file hold exactly the object's bytes (by its ETag: the MD5 of a
+    single-part object, the MD5 of the parts' MD5s for a multipart one)?"""
+    if st.st_size != size or not etag:
+        return False
+    digest, _, parts = etag.partition("-")
+    try:
+        with open(path, "rb", buffering=0) as f:
+            if not parts:
+                md5 = hashlib.md5(usedforsecurity=False)
+                while chunk := f.read(MiB):
+                    md5.update(chunk)
+                return md5.hexdigest() == digest
+            count = int(parts)
+            for part in _ETAG_PART_SIZES:
+                if -(-size // part) != count:
+                    continue
+                f.seek(0)
+                sums = hashlib.md5(usedforsecurity=False)
+                for _ in range(count):
+                    md5 = hashlib.md5(usedforsecurity=False)
+                    left = part
+                    while left and (chunk := f.read(min(MiB, left))):
+                        md5.update(chunk)
+                        left -= len(chunk)
+                    sums.update(md5.digest())
+                if sums.hexdigest() == digest:
+                    return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
 def _entry_from_stat(kind: str, size: int, etag: str, st: os.stat_result, target: str | None):
     e = {"t": kind, "size": size, "etag": etag, "mtime_ns": st.st_mtime_ns}
     e["mode"] = 0o777 if kind == "l" else st.st_mode & 0o7777
@@ -987,19 +1126,72 @@ class _Done:
     nbytes: int = 0
 
 
-class _Subscriber(BaseSubscriber):
-    def __init__(self, size: int, etag: str | None, on_bytes: Callable[[int], None]) -> None:
-        self._size = size
-        self._etag = etag
-        self._on_bytes = on_bytes
+class _Progress:
+    """Bytes of one large transfer reported so far (CRT threads add, coordinator settles)."""
 
-    def on_queued(self, future, **kwargs):  # type: ignore[override]
-        future.meta.provide_transfer_size(self._size)
-        if self._etag:
-            future.meta.provide_object_etag(f'"{self._etag}"')
+    __slots__ = ("n", "runner")
 
-    def on_progress(self, future, bytes_transferred, **kwargs):  # type: ignore[override]
-        self._on_bytes(bytes_transferred)
+    def __init__(self, runner: _Runner) -> None:
+        self.runner = runner
+        self.n = 0
+
+    def __call__(self, nbytes: int) -> None:
+        self.n += nbytes
+        self.runner.add_inflight_bytes(nbytes)
+
+    def settle(self) -> None:
+        if self.n:
+            self.runner.add_inflight_bytes(-self.n)
+            self.n = 0
+
+
+_libc: Any = None
+
+
+def _libc_fn(name: str) -> Any:
+    """A libc function via ctypes, or None (not Linux / not available)."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            _libc = False
+    if _libc is False:
+        return None
+    return getattr(_libc, name, None)
+
+
+def _start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s dirty pages now (``sync_file_range``).
+
+    Overlaps the disk writes of a large download with the download itself, so
+    that the fsync before the rename has little left to wait for.  Best effort.
+    """
+    fn = _libc_fn("sync_file_range")
+    if fn is not None:
+        fn(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), ctypes.c_uint(2))  # _WRITE
+
+
+_syncfs_ok = True
+
+
+def _syncfs(path: str) -> bool:
+    """Flush the whole file system holding ``path`` (Linux ``syncfs``); False if unsupported."""
+    global _syncfs_ok
+    fn = _libc_fn("syncfs") if _syncfs_ok else None
+    if fn is None:
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if fn(fd) != 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOSYS:
+                _syncfs_ok = False
+                return False
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+    return True
 
 
 class _Runner:
@@ -1018,13 +1210,14 @@ class _Runner:
         pool_size = getattr(getattr(ctx.s3, "meta", None), "config", None)
         pool_size = getattr(pool_size, "max_pool_connections", None) or 10
         self.workers = max(1, min(int(workers), int(pool_size)))
+        self.max_inflight = max(8, min(_MAX_INFLIGHT, int(workers) * _INFLIGHT_PER_WORKER))
         self.stats = SyncStats()
         self.failures: list[tuple[str, str]] = []
         self.fatal: StorageError | None = None
         self.cancelled = False
         self.cancel_event = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
-        self._tm: TransferManager | None = None
+        self._engine: CrtEngine | None = None
         self._inflight_lock = threading.Lock()
         self._inflight_bytes = 0
         self._last_progress = 0.0
@@ -1044,9 +1237,6 @@ class _Runner:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        if self._tm is not None:
-            self._tm.shutdown(cancel=self.stopping)
-            self._tm = None
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -1055,19 +1245,10 @@ class _Runner:
         return self._pool
 
     @property
-    def tm(self) -> TransferManager:
-        if self._tm is None:
-            config = TransferConfig(
-                multipart_threshold=MULTIPART_THRESHOLD,
-                multipart_chunksize=MULTIPART_CHUNKSIZE,
-                max_request_concurrency=self.workers,
-                max_submission_concurrency=2,
-                max_io_queue_size=100,
-                max_in_memory_upload_chunks=min(self.workers, 10),
-                max_in_memory_download_chunks=min(self.workers, 10),
-            )
-            self._tm = TransferManager(self.ctx.s3, config)
-        return self._tm
+    def engine(self) -> CrtEngine:
+        if self._engine is None:
+            self._engine = CrtEngine.for_client(self.ctx.s3)
+        return self._engine
 
     # -- stats / progress / stop --------------------------------------------
 
@@ -1124,16 +1305,12 @@ class _Runner:
         if self._save_cb is None or (not force and not self._dirty):
             return
         now = time.monotonic()
-        if (
-            force
-            or self._dirty >= _MANIFEST_SAVE_FILES
-            or now - self._last_save >= self._save_interval
-        ):
+        if force or now - self._last_save >= self._save_interval:
             t0 = time.monotonic()
             self._save_cb()
             took = time.monotonic() - t0
-            # never spend more than ~5% of the time writing manifests
-            self._save_interval = max(_MANIFEST_SAVE_SECONDS, 20 * took)
+            # save every ~1.5 s, but never spend more than ~10% of the time on manifests
+            self._save_interval = max(_MANIFEST_SAVE_SECONDS, 10 * took)
             self._dirty = 0
             self._last_save = time.monotonic()
 
@@ -1150,7 +1327,7 @@ class _Runner:
         log.warning("%s %s: '%s': %s", self.ctx.op, self.ctx.where, rel, message)
 
     def record_error(self, rel: str, exc: BaseException) -> None:
-        if isinstance(exc, (_Interrupted, TransferCancelledError)) and self.stopping:
+        if isinstance(exc, (_Interrupted, CrtCancelled)) and self.stopping:
             return
         mapped = _map_error(exc, self.ctx, self.doing)
         if mapped is not None:
@@ -1224,16 +1401,94 @@ class _Runner:
                 self.reset_inflight_bytes()
             self.tick()
 
-    def wait_transfer(self, future: Any) -> Any:
-        """Wait for an s3transfer future, reporting progress; cancel it on stop."""
+    def run_async(
+        self,
+        items: Iterable[Any],
+        start: Callable[[Any, Callable[[Transfer], None]], Transfer | _Done | None],
+        finish: Callable[[Any, Transfer, Callable[[Transfer], None]], Transfer | _Done | None],
+        on_done: Callable[[Any, _Done | None], None],
+        *,
+        idle: Callable[[bool], None] | None = None,
+    ) -> None:
+        """Run CRT requests for ``items``, up to ``max_inflight`` at a time.
+
+        ``start(item, notify)`` starts a request (or returns a result at once);
+        ``finish(item, transfer, notify)`` turns a completed request into a
+        result, or starts a new request (a retry).  Both, and ``on_done``, run on
+        this thread; CRT threads only queue completed transfers.  On stop or on a
+        sync-wide error the in-flight requests are cancelled and their
+        completions still consumed (so ``finish`` cleans up after them).
+        ``idle(final)`` is called after every round and once at the end.
+        """
+        done_q: queue.SimpleQueue[Transfer] = queue.SimpleQueue()
+        notify = done_q.put
+        it = iter(items)
+        inflight: dict[int, tuple[Transfer, Any]] = {}
+        exhausted = False
         cancelled = False
-        while not future.done():
-            time.sleep(0.05)
-            self.tick()
-            if self.stopping and not cancelled:
-                cancelled = True
-                future.cancel()
-        return future.result()
+
+        def handle(item: Any, result: Transfer | _Done | None) -> None:
+            if isinstance(result, Transfer):
+                inflight[id(result)] = (result, item)
+            else:
+                on_done(item, result)
+
+        try:
+            while True:
+                while not exhausted and len(inflight) < self.max_inflight:
+                    if self.stopping or self.poll_stop():
+                        exhausted = True
+                        break
+                    item = next(it, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    try:
+                        handle(item, start(item, notify))
+                    except Exception as exc:
+                        self.record_error(item.rel, exc)
+                if self.stopping and not cancelled:
+                    cancelled = True
+                    exhausted = True
+                    for t, _item in list(inflight.values()):
+                        t.cancel()
+                if not inflight and exhausted:
+                    break
+                try:
+                    t: Transfer | None = done_q.get(timeout=0.05)
+                except queue.Empty:
+                    t = None
+                while t is not None:
+                    _t, item = inflight.pop(id(t))
+                    try:
+                        handle(item, finish(item, t, notify))
+                    except Exception as exc:
+                        self.record_error(item.rel, exc)
+                    try:
+                        t = done_q.get_nowait()
+                    except queue.Empty:
+                        t = None
+                if cancelled:
+                    for t2, _item in list(inflight.values()):
+                        t2.cancel()  # retries started by finish() after the stop
+                if idle is not None:
+                    idle(False)
+                self.tick()
+        finally:
+            if inflight:  # an unexpected exception: never leave requests writing our files
+                for t, _item in list(inflight.values()):
+                    t.cancel()
+                self.cancel_event.set()
+                deadline = time.monotonic() + 60
+                while any(not t.finished for t, _ in inflight.values()):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.01)
+                for t, item in list(inflight.values()):
+                    with contextlib.suppress(Exception):
+                        finish(item, t, lambda _t: None)
+            if idle is not None:
+                idle(True)
 
     def finish(self, verb: str) -> SyncStats:
         self.report(force=True)
@@ -1272,20 +1527,12 @@ class _Runner:
 
 def _list_remote(ctx: _Ctx, runner: _Runner, doing: str) -> dict[str, tuple[int, str, str]]:
     """key -> (size, etag, last-modified as ISO text) for every object under the prefix."""
-    out: dict[str, tuple[int, str, str]] = {}
     try:
-        paginator = ctx.s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=ctx.bucket, Prefix=ctx.kp):
-            for o in page.get("Contents", ()):
-                lm = o.get("LastModified")
-                lm_text = lm.isoformat() if hasattr(lm, "isoformat") else str(lm or "")
-                out[o["Key"]] = (int(o.get("Size", 0)), _etag(o.get("ETag")), lm_text)
-            if runner.poll_stop():
-                break
-            runner.report()
+        objects = runner.engine.list_all(ctx.bucket, ctx.kp, should_stop=runner.poll_stop)
     except Exception as exc:
         raise _bucket_level_error(exc, ctx, doing) from exc
-    return out
+    runner.report()
+    return {key: (size, etag, lm) for key, size, etag, lm in objects}
 
 
 # --------------------------------------------------------------------------
@@ -1304,8 +1551,67 @@ class _PullItem:
     preserve: bool = False  # move the existing local file aside before replacing it
 
 
+@dataclass(slots=True)
+class _GetJob:
+    """One download into a temporary file (the CRT writes it through ``fd``)."""
+
+    tmp: str
+    fd: int
+    attempt: int
+    progress: _Progress | None
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A complete temporary file waiting to be made durable and renamed into place."""
+
+    item: _PullItem
+    tmp: str
+    size: int
+    etag: str
+    st: os.stat_result  # of the finished temporary file (same inode after the rename)
+    seeded: bool
+
+
+def _copy_fd(src: int, dst: int, size: int, cancel: threading.Event) -> None:
+    """Copy ``size`` bytes (copy_file_range: reflink/server-side where possible)."""
+    chunk = 64 * MiB
+    done = 0
+    use_cfr = hasattr(os, "copy_file_range")
+    while done < size:
+        if cancel.is_set():
+            raise _Interrupted()
+        n = 0
+        if use_cfr:
+            try:
+                n = os.copy_file_range(src, dst, min(chunk, size - done), done, done)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                use_cfr = False
+                continue
+        else:
+            data = os.pread(src, min(_IO_CHUNK * 8, size - done), done)
+            view = memoryview(data)
+            while view:
+                w = os.pwrite(dst, view, done + n)
+                view = view[w:]
+                n += w
+        if n == 0:
+            raise _Changed("the seed copy is shorter than its manifest says")
+        done += n
+
+
 class _Puller:
-    def __init__(self, ctx, delete, progress, should_stop, workers) -> None:
+    def __init__(self, ctx, delete, progress, should_stop, workers, seed_from=None) -> None:
         self.ctx: _Ctx = ctx
         self.root: Path = ctx.local_dir
         self.rootp = os.fspath(ctx.local_dir)
@@ -1318,6 +1624,31 @@ class _Puller:
         self._preserve_lock = threading.Lock()
         self.preserved: list[str] = []
         self.kept: list[str] = []
+        self.pending: list[_Pending] = []
+        self.pending_bytes = 0
+        self.pending_since = 0.0
+        self.renamed_devs: set[int] = set()  # renames not yet known durable
+        self.large_jobs: dict[int, _GetJob] = {}  # large downloads in flight
+        self.syncing: tuple[Future, list[_Pending]] | None = None  # batch being fsynced
+        self.durable_pool: ThreadPoolExecutor | None = None
+        self.last_writeback = 0.0
+        self.seed_root = ""
+        self.seed_entries: dict[str, dict] = {}
+        if seed_from is not None:
+            self._load_seed(Path(os.path.abspath(os.fspath(seed_from))))
+
+    def _load_seed(self, seed: Path) -> None:
+        ctx = self.ctx
+        if seed == ctx.local_dir:
+            return
+        data = _Manifest.read_raw(seed.parent / f".{seed.name}.manifest.json")
+        if data is None or data.get("bucket") != ctx.bucket or data.get("prefix") != ctx.prefix:
+            log.info("pull %s: %s has no pull manifest for it; not seeding", ctx.where, seed)
+            return
+        raw = data.get("entries")
+        if isinstance(raw, dict):
+            self.seed_entries = {k: v for k, v in raw.items() if isinstance(v, dict)}
+            self.seed_root = os.fspath(seed)
 
     def _path(self, rel: str) -> str:
         return os.path.join(self.rootp, rel)
@@ -1327,6 +1658,8 @@ class _Puller:
         self._prepare_root()
         self.manifest = _Manifest.load(ctx, "pull")
         self.push_manifest = _Manifest.load(ctx, "push")
+        # the last pull completed: it removed its temporary files, none can be left over
+        self.clean_start = self.manifest.found and self.manifest.complete
         try:
             self.manifest.complete = False
             self.manifest.save()  # mark "in progress" before touching anything
@@ -1337,7 +1670,7 @@ class _Puller:
                 bucket=ctx.bucket,
                 prefix=ctx.prefix,
             ) from exc
-        runner.set_saver(self._save)
+        runner.set_saver(self._save_periodic)
         ok = False
         try:
             self._run()
@@ -1350,9 +1683,21 @@ class _Puller:
                 self._save()
         return runner.finish("pull")
 
-    def _save(self) -> None:
+    def _save_periodic(self) -> None:
+        # only the pull manifest (what makes a killed pull resumable); the push
+        # manifest is a hint for the next push (without it, the push compares the
+        # objects' metadata instead) and is written at the end
+        self._save(final=False)
+
+    def _save(self, final: bool = True) -> None:
+        if self.renamed_devs:  # the renames the manifest records must be durable first
+            devs, self.renamed_devs = self.renamed_devs, set()
+            if not _syncfs(self.rootp):
+                os.sync()
+            elif devs - {os.stat(self.rootp).st_dev}:
+                os.sync()  # files on other file systems (mount points inside local_dir)
         self.manifest.save()
-        if not self.push_manifest.foreign:  # seed the push manifest for the same prefix
+        if final and not self.push_manifest.foreign:  # seed the push manifest for the prefix
             self.push_manifest.save()
 
     def _prepare_root(self) -> None:
@@ -1432,8 +1777,7 @@ class _Puller:
             if runner.stopping:
                 return
 
-        small: list[_PullItem] = []
-        large: list[_PullItem] = []
+        fetch: list[_PullItem] = []
         for item in sorted([*markers.values(), *files.values()], key=lambda i: i.key):
             problem = self._bad_parent(item.rel)
             if problem:
@@ -1443,7 +1787,7 @@ class _Puller:
             if decision != "get":
                 stats.files_skipped += 1
                 continue
-            (large if item.size >= MULTIPART_THRESHOLD else small).append(item)
+            fetch.append(item)
         if self.kept:
             log.warning(
                 "pull %s -> %s: kept %d locally modified file(s) that did not change in storage "
@@ -1455,8 +1799,17 @@ class _Puller:
             )
         runner.report()
 
-        runner.run_pool(small, self._pull_small, self._on_done)
-        runner.run_serial(large, self._pull_large, self._on_done)
+        runner.run_pool([i for i in fetch if i.marker], self._pull_marker, self._on_done)
+        try:
+            runner.run_async(
+                [i for i in fetch if not i.marker],
+                self._start_get,
+                self._finish_get,
+                self._on_done,
+                idle=self._maybe_flush,
+            )
+        finally:
+            self._discard_pending()
 
         if runner.stopping:
             return
@@ -1535,13 +1888,22 @@ class _Puller:
         if remote_same and local_same:
             seeded = dict(m)
             seeded.pop("lm", None)
-            self.push_manifest.entries[item.key] = seeded
+            if self.push_manifest.entries.get(item.key) != seeded:
+                self.push_manifest.entries[item.key] = seeded
             return "skip"
         if item.marker or st is None or stat.S_ISDIR(st.st_mode) or local_same:
             return "get"
         if remote_same:
             self.kept.append(item.rel)
             return "keep"
+        if stat.S_ISREG(st.st_mode) and _same_content(path, st, item.size, item.etag):
+            # Placed by a pull that was killed before it recorded it: the same bytes as
+            # the object, so neither a conflict to set aside nor a file to fetch again.
+            entry = _entry_from_stat("f", item.size, item.etag, st, None)
+            self.manifest.entries[item.key] = {**entry, "lm": item.lm}
+            self.push_manifest.entries[item.key] = entry
+            self.runner.mark_dirty()
+            return "skip"
         item.preserve = True
         return "get"
 
@@ -1593,65 +1955,266 @@ class _Puller:
             self.push_manifest.entries.pop(done.key, None)
         self.runner.mark_dirty()
 
-    def _pull_small(self, item: _PullItem) -> _Done:
+    def _start_get(self, item: _PullItem, notify: Callable[[Transfer], None]) -> Any:
         if self.runner.cancel_event.is_set():
             raise _Interrupted()
-        s3, ctx = self.ctx.s3, self.ctx
-        if item.marker:
-            head = s3.head_object(Bucket=ctx.bucket, Key=item.key)
-            return self._apply_dir_marker(item, head)
-        for attempt in range(1, _STREAM_ATTEMPTS + 1):
-            resp = s3.get_object(Bucket=ctx.bucket, Key=item.key)
-            try:
-                return self._write_response(item, resp)
-            except (*_STREAM_ERRORS, _ShortRead) as exc:
-                if attempt == _STREAM_ATTEMPTS or self.runner.cancel_event.is_set():
-                    raise
-                log.info("retrying download of %s after: %s", item.key, exc)
-                time.sleep(0.2 * 2**attempt)
-            finally:
-                with contextlib.suppress(Exception):
-                    resp["Body"].close()
-        raise AssertionError("unreachable")
+        if self.seed_entries and self._try_seed(item):
+            return None  # copied; recorded when its batch is made durable
+        return self._get(item, notify, 1)
 
-    def _pull_large(self, item: _PullItem) -> _Done:
-        ctx, runner = self.ctx, self.runner
-        head = ctx.s3.head_object(Bucket=ctx.bucket, Key=item.key)
-        meta = head.get("Metadata") or {}
-        if META_SYMLINK in meta:  # a huge symlink object? fall back to the simple path
-            return self._pull_small(item)
-        size = int(head["ContentLength"])
-        etag = _etag(head.get("ETag"))
-        parent = os.path.dirname(self._path(item.rel))
-        tmp = os.path.join(parent, _new_tmp_name())
+    def _open_tmp(self, item: _PullItem) -> tuple[str, int]:
+        """Create the temporary file for ``item`` (O_EXCL|O_NOFOLLOW: never via a symlink)."""
+        tmp = os.path.join(os.path.dirname(self._path(item.rel)), _new_tmp_name())
         fd = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666
         )
-        f = os.fdopen(fd, "wb")
-        try:
-            fut = runner.tm.download(
-                ctx.bucket,
-                item.key,
-                f,
-                subscribers=[_Subscriber(size, etag, runner.add_inflight_bytes)],
-            )
-            runner.wait_transfer(fut)
-            f.flush()
-            got = os.fstat(fd).st_size
-            if got != size:
-                raise _ShortRead(f"downloaded {got} bytes but the object has {size}")
-            self._finish_file(fd, meta, head.get("LastModified"))
-            f.close()
-            self._place(tmp, item)
-        except BaseException:
-            f.close()
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        st = os.lstat(self._path(item.rel))
-        return _Done(item.key, _entry_from_stat("f", size, etag, st, None), True, size)
+        return tmp, fd
 
-    def _apply_dir_marker(self, item: _PullItem, head: dict) -> _Done:
+    def _get(self, item: _PullItem, notify: Callable[[Transfer], None], attempt: int) -> Transfer:
+        tmp, fd = self._open_tmp(item)
+        progress = _Progress(self.runner) if item.size >= MULTIPART_THRESHOLD else None
+        job = _GetJob(tmp, fd, attempt, progress)
+        if progress is not None:
+            self.large_jobs[id(job)] = job
+        try:
+            return self.runner.engine.get(
+                self.ctx.bucket,
+                item.key,
+                fd,
+                notify,
+                context=job,
+                on_progress=progress,
+                expected_size=item.size,
+                recv_filepath=f"{_PROC_FD}/{fd}" if _HAVE_PROC_FD else None,
+            )
+        except BaseException:
+            job.discard()
+            raise
+
+    def _finish_get(self, item: _PullItem, t: Transfer, notify: Callable[[Transfer], None]) -> Any:
+        job: _GetJob = t.context
+        if job.progress is not None:
+            job.progress.settle()
+            self.large_jobs.pop(id(job), None)
+        try:
+            if t.error is not None:
+                if isinstance(t.error, CrtCancelled):
+                    raise _Interrupted()
+                raise t.error
+            h = t.headers
+            st = os.fstat(job.fd)
+            length = int(h.get("content-length", st.st_size))
+            if st.st_size != length:
+                raise _ShortRead(f"received {st.st_size} bytes but the object has {length}")
+            return self._complete_get(item, job, h, length, st)
+        except (ConnectionError, _ShortRead) as exc:
+            job.discard()
+            if job.attempt >= _STREAM_ATTEMPTS or self.runner.cancel_event.is_set():
+                raise
+            log.info("retrying download of %s after: %s", item.key, exc)
+            return self._get(item, notify, job.attempt + 1)
+        except BaseException:
+            job.discard()
+            raise
+
+    def _complete_get(
+        self, item: _PullItem, job: _GetJob, h: dict, length: int, st: os.stat_result
+    ) -> _Done | None:
+        meta = {k[11:]: v for k, v in h.items() if k.startswith("x-amz-meta-")}
+        etag = _etag(h.get("etag")) or item.etag
+        path = self._path(item.rel)
+        if META_SYMLINK in meta:
+            job.discard()
+            tmp = os.path.join(os.path.dirname(path), _new_tmp_name())
+            target = _decode_target(meta[META_SYMLINK])
+            os.symlink(target, tmp)
+            try:
+                mtime = _parse_mtime(meta.get(META_MTIME))
+                if mtime is not None:
+                    os.utime(tmp, ns=(mtime, mtime), follow_symlinks=False)
+                self._place(tmp, item)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            st = os.lstat(path)
+            return _Done(item.key, _entry_from_stat("l", length, etag, st, target), True, 0)
+        fd = job.fd
+        mode = _parse_mode(meta.get(META_MODE))
+        if mode is not None and (mode & 0o777) != (st.st_mode & 0o7777):
+            os.fchmod(fd, mode & 0o777)  # never setuid/setgid
+        mtime = _parse_mtime(meta.get(META_MTIME))
+        if mtime is None and h.get("last-modified"):
+            with contextlib.suppress(TypeError, ValueError, OverflowError):
+                lm = email.utils.parsedate_to_datetime(h["last-modified"])
+                mtime = int(Decimal(str(lm.timestamp())) * 1_000_000_000)
+        if mtime is not None:
+            os.utime(fd, ns=(mtime, mtime))
+        st = os.fstat(fd)
+        job.fd = -1
+        os.close(fd)
+        self._add_pending(item, job.tmp, length, etag, st, seeded=False)
+        return None
+
+    # -- seeding from another local copy -------------------------------------
+
+    def _try_seed(self, item: _PullItem) -> bool:
+        """Copy the file from ``seed_from`` if it is known to hold this object's bytes."""
+        e = self.seed_entries.get(item.key)
+        if (
+            e is None
+            or e.get("t") != "f"
+            or e.get("etag") != item.etag
+            or e.get("size") != item.size
+        ):
+            return False
+        src = os.path.join(self.seed_root, item.rel)
+        if not _local_matches(e, _lstat(src), src):
+            return False
+        try:
+            sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return False
+        tmp = os.path.join(os.path.dirname(self._path(item.rel)), _new_tmp_name())
+        dfd = -1
+        try:
+            st = os.fstat(sfd)
+            if not _local_matches(e, st, src):
+                return False
+            dfd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666
+            )
+            _copy_fd(sfd, dfd, item.size, self.runner.cancel_event)
+            after = os.fstat(sfd)
+            if (after.st_size, after.st_mtime_ns, after.st_ino) != (
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ino,
+            ) or os.fstat(dfd).st_size != item.size:
+                raise _Changed("the seed copy changed while it was copied")
+            os.fchmod(dfd, e["mode"] & 0o777)
+            os.utime(dfd, ns=(e["mtime_ns"], e["mtime_ns"]))
+            dst_st = os.fstat(dfd)
+            os.close(dfd)
+            dfd = -1
+        except BaseException as exc:
+            if dfd >= 0:
+                os.close(dfd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            if isinstance(exc, _Interrupted) or _map_error(exc, self.ctx, "copying") is not None:
+                raise
+            if isinstance(exc, Exception):
+                log.info("not seeding '%s' from %s: %s", item.rel, self.seed_root, exc)
+                return False
+            raise
+        finally:
+            os.close(sfd)
+        self._add_pending(item, tmp, item.size, item.etag, dst_st, seeded=True)
+        return True
+
+    # -- durability batches --------------------------------------------------
+
+    def _add_pending(
+        self, item: _PullItem, tmp: str, size: int, etag: str, st: os.stat_result, *, seeded: bool
+    ) -> None:
+        if not self.pending:
+            self.pending_since = time.monotonic()
+        self.pending.append(_Pending(item, tmp, size, etag, st, seeded))
+        self.pending_bytes += size
+
+    def _maybe_flush(self, final: bool) -> None:
+        now = time.monotonic()
+        if self.large_jobs and not final and now - self.last_writeback >= 0.25:
+            self.last_writeback = now
+            for job in list(self.large_jobs.values()):
+                if job.fd >= 0:
+                    with contextlib.suppress(OSError):
+                        _start_writeback(job.fd)
+        if self.syncing is not None and (final or self.syncing[0].done()):
+            fut, batch = self.syncing
+            self.syncing = None
+            self._place_batch(batch, fut)
+        if not self.pending or self.syncing is not None:
+            return
+        if (
+            final
+            or len(self.pending) >= _FLUSH_FILES
+            or self.pending_bytes >= _FLUSH_BYTES
+            or now - self.pending_since >= _FLUSH_SECONDS
+        ):
+            batch, self.pending, self.pending_bytes = self.pending, [], 0
+            by_dev: dict[int, list[str]] = {}
+            for p in batch:
+                by_dev.setdefault(p.st.st_dev, []).append(p.tmp)
+            if self.durable_pool is None:
+                self.durable_pool = ThreadPoolExecutor(1, thread_name_prefix="ainb-sync-durable")
+            # fsync in the background: the downloads go on meanwhile
+            fut = self.durable_pool.submit(self._make_durable, by_dev)
+            if final:
+                self._place_batch(batch, fut)
+            else:
+                self.syncing = (fut, batch)
+
+    def _make_durable(self, paths_by_dev: dict[int, list[str]]) -> None:
+        """fsync the given files: one ``syncfs`` per file system, else one fsync each."""
+        for paths in paths_by_dev.values():
+            if _syncfs(os.path.dirname(paths[0])):
+                continue
+            for p in paths:
+                fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+    def _place_batch(self, batch: list[_Pending], durable: Future) -> None:
+        """Rename a batch of temporary files into place once they are durable."""
+        runner, stats = self.runner, self.runner.stats
+        try:
+            durable.result()
+        except Exception as exc:
+            for p in batch:
+                with contextlib.suppress(OSError):
+                    os.unlink(p.tmp)
+                runner.record_error(p.item.rel, exc)
+            return
+        for p in batch:
+            item = p.item
+            try:
+                self._place(p.tmp, item)
+            except Exception as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(p.tmp)
+                runner.record_error(item.rel, exc)
+                continue
+            self.renamed_devs.add(p.st.st_dev)
+            if p.seeded:
+                stats.files_seeded += 1
+            entry = _entry_from_stat("f", p.size, p.etag, p.st, None)
+            self._on_done(item, _Done(item.key, entry, True, p.size))
+
+    def _discard_pending(self) -> None:
+        if self.syncing is not None:
+            fut, batch = self.syncing
+            self.syncing = None
+            with contextlib.suppress(Exception):
+                fut.result()
+            self.pending.extend(batch)
+        if self.durable_pool is not None:
+            self.durable_pool.shutdown(wait=True)
+            self.durable_pool = None
+        for p in self.pending:
+            with contextlib.suppress(OSError):
+                os.unlink(p.tmp)
+        self.pending = []
+        self.pending_bytes = 0
+
+    def _pull_marker(self, item: _PullItem) -> _Done:
+        """Worker thread: apply a directory marker's metadata (HEAD through boto3)."""
+        if self.runner.cancel_event.is_set():
+            raise _Interrupted()
+        head = self.ctx.s3.head_object(Bucket=self.ctx.bucket, Key=item.key)
         meta = head.get("Metadata") or {}
         mode = _parse_mode(meta.get(META_MODE))
         mtime = _parse_mtime(meta.get(META_MTIME))
@@ -1669,76 +2232,6 @@ class _Puller:
             os.close(fd)
         entry = _entry_from_stat("d", item.size, _etag(head.get("ETag")) or item.etag, st, None)
         return _Done(item.key, entry, True, 0)
-
-    def _write_response(self, item: _PullItem, resp: dict) -> _Done:
-        cancel = self.runner.cancel_event
-        meta = resp.get("Metadata") or {}
-        etag = _etag(resp.get("ETag")) or item.etag
-        length = int(resp.get("ContentLength", item.size))
-        body = resp["Body"]
-        path = self._path(item.rel)
-        parent = os.path.dirname(path)
-        tmp = os.path.join(parent, _new_tmp_name())
-        if META_SYMLINK in meta:
-            while body.read(_IO_CHUNK):  # normally empty; never buffer a huge body
-                pass
-            target = _decode_target(meta[META_SYMLINK])
-            os.symlink(target, tmp)
-            try:
-                mtime = _parse_mtime(meta.get(META_MTIME))
-                if mtime is not None:
-                    os.utime(tmp, ns=(mtime, mtime), follow_symlinks=False)
-                self._place(tmp, item)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            st = os.lstat(path)
-            return _Done(item.key, _entry_from_stat("l", length, etag, st, target), True, 0)
-
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666
-        )
-        try:
-            written = 0
-            while True:
-                if cancel.is_set():
-                    raise _Interrupted()
-                chunk = body.read(_IO_CHUNK)
-                if not chunk:
-                    break
-                view = memoryview(chunk)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                written += len(chunk)
-            if written != length:
-                raise _ShortRead(f"received {written} bytes but the object has {length}")
-            self._finish_file(fd, meta, resp.get("LastModified"))
-            os.close(fd)
-            fd = -1
-            self._place(tmp, item)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        st = os.lstat(path)
-        return _Done(item.key, _entry_from_stat("f", length, etag, st, None), True, length)
-
-    @staticmethod
-    def _finish_file(fd: int, meta: dict, last_modified: Any) -> None:
-        mode = _parse_mode(meta.get(META_MODE))
-        if mode is not None:
-            os.fchmod(fd, mode & 0o777)  # never setuid/setgid
-        mtime = _parse_mtime(meta.get(META_MTIME))
-        if mtime is None and last_modified is not None:
-            with contextlib.suppress(AttributeError, OverflowError, ValueError):
-                mtime = int(Decimal(str(last_modified.timestamp())) * 1_000_000_000)
-        os.fsync(fd)
-        if mtime is not None:
-            os.utime(fd, ns=(mtime, mtime))
 
     def _place(self, tmp: str, item: _PullItem) -> None:
         """Atomically move ``tmp`` to ``item.rel``, replacing what is in the way if allowed."""
@@ -1773,6 +2266,8 @@ class _Puller:
 
     def _cleanup_local(self, files: dict[str, _PullItem], dirs: set[str]) -> None:
         runner, stats = self.runner, self.runner.stats
+        if not self.delete and self.clean_start and not runner.failures:
+            return  # nothing to delete and no temporary files left over by an earlier pull
         try:
             local, errors, tmpfiles = _scan_local(self.root, (), one_fs=True)
         except OSError as exc:
@@ -1820,6 +2315,21 @@ class _Puller:
 
 
 @dataclass(slots=True)
+class _PutJob:
+    """One upload: the open file (or -1), its stat before the upload, the attempt."""
+
+    fd: int
+    st: os.stat_result
+    attempt: int
+    progress: _Progress | None
+    target: str | None  # symlinks
+
+
+def _meta_headers(meta: dict[str, str]) -> list[tuple[str, str]]:
+    return [(f"x-amz-meta-{k}", v) for k, v in meta.items()]
+
+
+@dataclass(slots=True)
 class _PushItem:
     key: str
     rel: str
@@ -1861,11 +2371,13 @@ class _Pusher:
             self._check_pull_completed()
         self.manifest = _Manifest.load(ctx, "push")
         self.pull_manifest = _Manifest.load(ctx, "pull")
-        # Evidence that local_dir really is a copy of this prefix (a pull happened, or a
-        # push completed); without it, delete=True refuses to delete anything remotely.
-        self.had_record = self.pull_manifest.found or (
-            self.manifest.found and self.manifest.complete
-        )
+        # What this directory knew of the prefix before this push: only those objects, as
+        # they were then, are ones its owner can have deleted (see _delete_remote).
+        self.known_etags = {
+            key: entry.get("etag")
+            for entries in (self.pull_manifest.entries, self.manifest.entries)
+            for key, entry in entries.items()
+        }
         self.runner.set_saver(self._save)
         try:
             self._run()
@@ -1946,8 +2458,8 @@ class _Pusher:
         if runner.stopping:
             return
 
-        small: list[_PushItem] = []
-        large: list[_PushItem] = []
+        heads: list[_PushItem] = []
+        self.uploads: list[_PushItem] = []
         for key in sorted(wanted):
             e = wanted[key]
             remote = listing.get(key)
@@ -1958,15 +2470,17 @@ class _Pusher:
                 continue
             head_first = m is None and remote is not None and remote[0] == e.size
             item = _PushItem(key, e.rel, e, head_first)
-            (large if e.kind == "f" and e.size >= MULTIPART_THRESHOLD else small).append(item)
+            (heads if head_first else self.uploads).append(item)
         for key in [k for k in self.manifest.entries if k not in wanted]:
             rel = key[len(ctx.kp) :].rstrip("/")
             if not _is_excluded(rel, self.excludes):
                 del self.manifest.entries[key]
         runner.report()
 
-        runner.run_pool(small, self._push_one, self._on_done)
-        runner.run_serial(large, self._push_one, self._on_done)
+        # no manifest entry but an object of the same size: compare its metadata first
+        runner.run_pool(heads, self._check_head, self._on_head_done)
+        self.uploads.sort(key=lambda i: i.key)
+        runner.run_async(self.uploads, self._start_put, self._finish_put, self._on_done)
 
         if self.delete and not runner.stopping:
             self._delete_remote(listing, wanted)
@@ -2020,17 +2534,29 @@ class _Pusher:
         mode = st.st_mode if st is not None else e.mode
         return {META_MODE: _format_mode(mode), META_MTIME: _format_mtime(mtime)}
 
-    def _push_one(self, item: _PushItem) -> _Done | None:
+    def _check_head(self, item: _PushItem) -> _Done | None:
+        """Worker thread: a _Done if the remote object already holds this file, else None."""
+        if self.runner.cancel_event.is_set():
+            raise _Interrupted()
+        done = self._same_by_metadata(item)
+        if done is None:
+            item.head_first = False
+            return _Done(item.key, None, False, -1)  # "upload it"
+        return done
+
+    def _on_head_done(self, item: _PushItem, done: _Done | None) -> None:
+        if done is not None and done.nbytes == -1:
+            self.uploads.append(item)
+        else:
+            self._on_done(item, done)
+
+    def _start_put(self, item: _PushItem, notify: Callable[[Transfer], None]) -> Any:
         if self.runner.cancel_event.is_set():
             raise _Interrupted()
         ctx, e = self.ctx, item.local
-        s3 = ctx.s3
-        if item.head_first:
-            done = self._same_by_metadata(item)
-            if done is not None:
-                return done
+        eng = self.runner.engine
         if e.kind == "f":
-            return self._push_file(item)
+            return self._start_put_file(item, notify, 1)
         path = self._path(e.rel)
         st = _lstat(path)
         if st is None:
@@ -2040,22 +2566,122 @@ class _Pusher:
                 raise _Changed(f"'{e.rel}' is no longer a symlink")
             target = os.readlink(path)
             e = dataclasses.replace(e, target=target, mtime_ns=st.st_mtime_ns)
-            resp = s3.put_object(
-                Bucket=ctx.bucket, Key=item.key, Body=b"", Metadata=self._metadata(e, st)
-            )
-            entry = _entry_from_stat("l", 0, _etag(resp.get("ETag")), st, target)
-            return _Done(item.key, entry, True, 0)
+            job = _PutJob(-1, st, 1, None, target)
+            return eng.put(
+                ctx.bucket, item.key, _meta_headers(self._metadata(e, st)), notify,
+                size=0, body=b"", context=job,
+            )  # fmt: skip
         # directory marker
         if not stat.S_ISDIR(st.st_mode):
             raise _Changed(f"'{e.rel}' is no longer a directory")
-        resp = s3.put_object(
-            Bucket=ctx.bucket,
-            Key=item.key,
-            Body=b"",
-            Metadata=self._metadata(e, st),
-            ContentType=DIRECTORY_CONTENT_TYPE,
-        )
-        return _Done(item.key, _entry_from_stat("d", 0, _etag(resp.get("ETag")), st, None), True, 0)
+        headers = [*_meta_headers(self._metadata(e, st)), ("Content-Type", DIRECTORY_CONTENT_TYPE)]
+        job = _PutJob(-1, st, 1, None, None)
+        return eng.put(ctx.bucket, item.key, headers, notify, size=0, body=b"", context=job)
+
+    def _start_put_file(
+        self, item: _PushItem, notify: Callable[[Transfer], None], attempt: int
+    ) -> Transfer | None:
+        ctx = self.ctx
+        path = self._path(item.rel)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # became a symlink since the scan
+                raise _Changed(f"'{item.rel}' was replaced by a symlink during the push") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _Changed(f"'{item.rel}' is no longer a regular file")
+            size = st.st_size
+            headers = _meta_headers(self._metadata(item.local, st))
+            progress = _Progress(self.runner) if size >= MULTIPART_THRESHOLD else None
+            if size <= IN_MEMORY_UPLOAD_LIMIT or not _HAVE_PROC_FD:
+                data = b""
+                if size <= IN_MEMORY_UPLOAD_LIMIT:
+                    data = os.read(fd, size + 1) if size else b""
+                    if not self._same_stat(st, os.fstat(fd)) or len(data) != size:
+                        raise _Changed(f"'{item.rel}' changed while it was being read")
+                    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+                    headers.append(("Content-MD5", md5))
+                    os.close(fd)
+                    fd = -1
+                job = _PutJob(fd, st, attempt, progress, None)
+                return self.runner.engine.put(
+                    ctx.bucket,
+                    item.key,
+                    headers,
+                    notify,
+                    size=size,
+                    body=data if fd < 0 else None,
+                    send_filepath=None if fd < 0 else path,
+                    context=job,
+                    on_progress=progress,
+                )
+            # stream from the file we opened (never re-resolve the path: it could be a
+            # symlink by now); the CRT reads /proc/self/fd/N, i.e. this very inode
+            job = _PutJob(fd, st, attempt, progress, None)
+            return self.runner.engine.put(
+                ctx.bucket,
+                item.key,
+                headers,
+                notify,
+                size=size,
+                send_filepath=f"{_PROC_FD}/{fd}",
+                context=job,
+                on_progress=progress,
+            )
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+
+    def _finish_put(self, item: _PushItem, t: Transfer, notify: Callable[[Transfer], None]) -> Any:
+        job: _PutJob = t.context
+        e = item.local
+        if job.progress is not None:
+            job.progress.settle()
+        if e.kind != "f":
+            if t.error is not None:
+                raise _Interrupted() if isinstance(t.error, CrtCancelled) else t.error
+            etag = _etag(t.headers.get("etag"))
+            return _Done(item.key, _entry_from_stat(e.kind, 0, etag, job.st, job.target), True, 0)
+        changed = False
+        try:
+            if job.fd >= 0:
+                changed = not self._same_stat(job.st, os.fstat(job.fd))
+            else:
+                now = _lstat(self._path(item.rel))
+                changed = now is None or not self._same_stat(job.st, now)
+        finally:
+            if job.fd >= 0:
+                os.close(job.fd)
+                job.fd = -1
+        if t.error is not None and isinstance(t.error, CrtCancelled):
+            raise _Interrupted()
+        if changed:
+            # a file modified mid-upload can make the server reject the body (e.g. a
+            # Content-MD5 mismatch): report that, not the symptom
+            if job.attempt >= _CHANGE_ATTEMPTS or self.runner.cancel_event.is_set():
+                raise _Changed(f"'{item.rel}' changed while it was being uploaded")
+            return self._start_put_file(item, notify, job.attempt + 1)
+        if t.error is not None:
+            raise t.error
+        size = job.st.st_size
+        etag = _etag(t.headers.get("etag"))
+        if not etag:  # (the CRT reports the CompleteMultipartUpload ETag as a header)
+            ctx = self.ctx
+            head = ctx.s3.head_object(Bucket=ctx.bucket, Key=item.key)
+            if int(head.get("ContentLength", -1)) != size:
+                raise _FileProblem(
+                    f"after upload the object has {head.get('ContentLength')} bytes "
+                    f"instead of {size}"
+                )
+            etag = _etag(head.get("ETag"))
+        entry = _entry_from_stat("f", size, etag, job.st, None)
+        return _Done(item.key, entry, True, size)
 
     def _same_by_metadata(self, item: _PushItem) -> _Done | None:
         """No manifest entry: does the remote object already hold this file?"""
@@ -2083,87 +2709,6 @@ class _Pusher:
         entry = _entry_from_stat(e.kind, e.size, _etag(head.get("ETag")), st, e.target)
         return _Done(item.key, entry, False, 0)
 
-    def _push_file(self, item: _PushItem) -> _Done | None:
-        ctx, runner = self.ctx, self.runner
-        path = self._path(item.rel)
-        for attempt in range(1, _CHANGE_ATTEMPTS + 1):
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-            except FileNotFoundError:
-                return None
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:  # became a symlink since the scan
-                    raise _Changed(
-                        f"'{item.rel}' was replaced by a symlink during the push"
-                    ) from None
-                raise
-            with os.fdopen(fd, "rb") as f:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise _Changed(f"'{item.rel}' is no longer a regular file")
-                size = st.st_size
-                meta = self._metadata(item.local, st)
-                try:
-                    if size <= IN_MEMORY_UPLOAD_LIMIT:
-                        data = f.read()
-                        if not self._same_stat(st, os.fstat(fd)) or len(data) != size:
-                            raise _Changed(f"'{item.rel}' changed while it was being read")
-                        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
-                        resp = ctx.s3.put_object(
-                            Bucket=ctx.bucket,
-                            Key=item.key,
-                            Body=data,
-                            ContentMD5=md5,
-                            Metadata=meta,
-                        )
-                        etag = _etag(resp.get("ETag"))
-                    elif size < MULTIPART_THRESHOLD or not runner.on_coordinator():
-                        # (a worker thread only gets a large file if it grew since the scan)
-                        resp = ctx.s3.put_object(
-                            Bucket=ctx.bucket,
-                            Key=item.key,
-                            Body=f,
-                            ContentLength=size,
-                            Metadata=meta,
-                        )
-                        etag = _etag(resp.get("ETag"))
-                    else:
-                        fut = runner.tm.upload(
-                            f,
-                            ctx.bucket,
-                            item.key,
-                            extra_args={"Metadata": meta},
-                            subscribers=[_Subscriber(size, None, runner.add_inflight_bytes)],
-                        )
-                        runner.wait_transfer(fut)
-                        head = ctx.s3.head_object(Bucket=ctx.bucket, Key=item.key)
-                        if int(head.get("ContentLength", -1)) != size:
-                            raise _FileProblem(
-                                f"after upload the object has {head.get('ContentLength')} bytes "
-                                f"instead of {size}"
-                            )
-                        etag = _etag(head.get("ETag"))
-                    if not self._same_stat(st, os.fstat(fd)):
-                        raise _Changed(f"'{item.rel}' changed while it was being uploaded")
-                except _Changed:
-                    if attempt == _CHANGE_ATTEMPTS or runner.cancel_event.is_set():
-                        raise
-                    time.sleep(0.1 * attempt)
-                    continue
-                except Exception:
-                    # a file modified mid-upload can make the server reject the body
-                    # (e.g. signature/checksum mismatch): report that, not the symptom
-                    if not self._same_stat(st, os.fstat(fd)):
-                        if attempt == _CHANGE_ATTEMPTS:
-                            raise _Changed(
-                                f"'{item.rel}' changed while it was being uploaded"
-                            ) from None
-                        continue
-                    raise
-            entry = _entry_from_stat("f", size, etag, st, None)
-            return _Done(item.key, entry, True, size)
-        raise AssertionError("unreachable")
-
     @staticmethod
     def _same_stat(a: os.stat_result, b: os.stat_result) -> bool:
         return (a.st_size, a.st_mtime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ino)
@@ -2184,21 +2729,14 @@ class _Pusher:
         for key in sorted(listing):
             if key in wanted or key in self.protected:
                 continue
+            if self.known_etags.get(key) != listing[key][1]:
+                # New or changed in storage since this directory last synced with it:
+                # someone else's data, not a deletion made here. Keep it.
+                continue
             rel = key[len(ctx.kp) :]
             if not rel or _is_excluded(rel.rstrip("/"), self.excludes):
                 continue
             doomed.append(key)
-        if doomed and not self.had_record:
-            runner.fatal = StorageError(
-                f"Refusing to delete {len(doomed)} object(s) under {ctx.where} that do not exist "
-                f"in {ctx.local_dir}: there is no record that this directory was ever pulled "
-                f"from (or completely pushed to) {ctx.where}, so it may simply be the wrong or "
-                "an empty directory. Pull first, or push once with delete=False. Everything "
-                "else was uploaded.",
-                bucket=ctx.bucket,
-                prefix=ctx.prefix,
-            )
-            return
         for i in range(0, len(doomed), _DELETE_BATCH):
             if runner.stopping or runner.poll_stop():
                 return

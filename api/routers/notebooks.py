@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 
 from api.deps import Project, Service
 from api.errors import ApiError
-from domain.messages import PatchRequest
+from domain.messages import DataSyncRequest, LabelsRequest, PatchRequest
 from domain.spec import NotebookSpec
 from domain.states import NotebookState
 from domain.status import Notebook
@@ -54,6 +54,26 @@ async def start_notebook(project: Project, notebook_id: str, service: Service) -
 @router.post("/{notebook_id}/stop", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook)
 async def stop_notebook(project: Project, notebook_id: str, service: Service) -> Notebook:
     return await service.stop(project, notebook_id)
+
+
+@router.post(
+    "/{notebook_id}/datasync", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook
+)
+async def datasync_notebook(
+    project: Project, notebook_id: str, req: DataSyncRequest, service: Service
+) -> Notebook:
+    """Push or pull now, while RUNNING (`volume`: a mount path or `workspace`; omitted:
+    every volume the direction applies to, and the workspace for a push). Progress shows
+    in `status.datasyncs`."""
+    return await service.datasync(project, notebook_id, req)
+
+
+@router.put("/{notebook_id}/labels", response_model=Notebook)
+async def set_labels(
+    project: Project, notebook_id: str, req: LabelsRequest, service: Service
+) -> Notebook:
+    """Replace the notebook's labels (`{"labels": {}}` removes them all)."""
+    return await service.set_labels(project, notebook_id, req)
 
 
 @router.patch("/{notebook_id}", response_model=Notebook)

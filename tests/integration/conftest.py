@@ -23,6 +23,8 @@ from worker.stack import Ports, Stack, free_port
 
 REQUIRE_DOCKER = os.environ.get("AINB_REQUIRE_DOCKER") == "1"
 MISSING_IMAGE = "ainb/does-not-exist:0"
+BAD_KEYS_ALIAS = "badkeys"
+BAD_SECRET_KEY = "not-the-right-secret-key-0123456789"
 
 
 def _docker_problem() -> str | None:
@@ -57,14 +59,16 @@ def project() -> str:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, docker_client, project) -> Iterator[Stack]:
+    ports = Ports.random()
     s = Stack(
         tmp_path_factory.mktemp("ainb"),
-        Ports.random(),
+        ports,
         runtime="docker",
         extra_env={
             "AINB_HEARTBEAT_TIMEOUT_S": "5",
             "AINB_HOST_PICKUP_TIMEOUT_S": "15",
             "AINB_CHECKPOINT_S": "20",
+            "AINB_WORKSPACE_CHECKPOINT_S": "12",
             "AINB_START_SYNC_ATTEMPTS": "3",
             "AINB_STOP_GRACE_S": "10",
         },
@@ -75,7 +79,13 @@ def stack(tmp_path_factory, docker_client, project) -> Iterator[Stack]:
                     "endpoint": f"http://127.0.0.1:{free_port()}",
                     "access_key": "x",
                     "secret_key": "y",
-                }
+                },
+                # The stack's own S3, with keys it does not know: a user's bad credentials.
+                BAD_KEYS_ALIAS: {
+                    "endpoint": f"http://127.0.0.1:{ports.s3}",
+                    "access_key": "ainbwrongkey0000",
+                    "secret_key": BAD_SECRET_KEY,
+                },
             },
             "frameworks": {
                 "python": {

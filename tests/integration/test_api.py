@@ -105,6 +105,17 @@ def test_list_filters_by_state_and_label(notebooks: Notebooks) -> None:
     assert ids(label=["team=nlp", "tier=silver"]) == set()
     assert notebooks.api.get(notebooks.base, params={"state": "NAPPING"}).status_code == 422
     assert notebooks.api.get(notebooks.base, params={"label": "novalue"}).status_code == 422
+
+    # labels are changed on an existing notebook, and lists follow
+    r = notebooks.api.put(f"{notebooks.base}/{b['id']}/labels", json={"labels": {"team": "nlp"}})
+    assert r.status_code == 200 and r.json()["spec"]["labels"] == {"team": "nlp"}, r.text
+    eventually(lambda: ids(label="team=nlp") == {a["id"], b["id"]})
+    eventually(lambda: ids(label="team=cv") == set())
+    r = notebooks.api.put(f"{notebooks.base}/{a['id']}/labels", json={"labels": {}})
+    assert r.status_code == 200 and r.json()["spec"]["labels"] == {}
+    eventually(lambda: ids(label="tier=gold") == set())
+    r = notebooks.api.put(f"{notebooks.base}/{a['id']}/labels", json={"labels": {"bad key": "x"}})
+    assert r.status_code == 422 and r.json()["field"] == "labels", r.text
     for n in (a, b):
         notebooks.delete(n["id"])
     for n in (a, b):

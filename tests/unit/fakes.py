@@ -14,14 +14,13 @@ from temporalio.exceptions import ApplicationError
 from domain import activity_names as A
 from domain import codes
 from domain.billing import UsageRecord
+from domain.fleet import Allocation, CapacityRequest, Decision
 from domain.ids import host_task_queue
 from domain.messages import (
     DeleteWorkspaceInput,
     LaunchInput,
     LaunchResult,
     NotebookRef,
-    PlaceInput,
-    Placement,
     ReadyInput,
     StopContainerInput,
     StopContainerResult,
@@ -44,8 +43,11 @@ class Script:
     pushed: list[str] = field(default_factory=list)
     # Set to make the next start's pull block until cancelled.
     block_pull: bool = False
+    # Heartbeat details of a blocked pull (what a real sync reports as it goes).
+    pull_details: dict | None = None
     pull_started: asyncio.Event = field(default_factory=asyncio.Event)
     push_failures: int = 0  # this many push attempts fail with STORAGE_UNAVAILABLE
+    pull_failures: int = 0  # the same, for pulls
     block_push: asyncio.Event | None = None
     container_running: bool = False
     exit_code: int | None = None  # set while running: the editor exits with it
@@ -54,6 +56,8 @@ class Script:
     # time-skipping tests need no activity in flight while the server skips time.
     instant_watch: bool = False
     ledger: dict[str, UsageRecord] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)  # notebooks holding fake capacity
+    queue_requests: bool = False  # the fleet answers "queued" (the test grants by signal)
     ledger_writes: int = 0
 
     def billed(self, notebook_id: str | None = None) -> int:
@@ -76,10 +80,33 @@ def _done(direction: str) -> SyncResult:
 def fake_activities(script: Script) -> tuple[list, list]:
     """(control activities, host activities)."""
 
-    @activity.defn(name=A.PLACE)
-    async def place(inp: PlaceInput) -> Placement:
+    @activity.defn(name=A.REQUEST_CAPACITY)
+    async def request_capacity(req: CapacityRequest) -> Decision:
         script.calls["place"] += 1
-        return Placement(host=HOST, task_queue=host_task_queue(HOST))
+        script.held.add(req.notebook)
+        if script.queue_requests:
+            return Decision(outcome="queued", position=3, waiting_for=f"{req.units} x {req.flavor}")
+        return Decision(
+            outcome="granted",
+            allocation=Allocation(
+                notebook=req.notebook,
+                project=req.project,
+                host=HOST,
+                task_queue=host_task_queue(HOST),
+                flavor=req.flavor,
+                units=req.units,
+                cpus=req.units,
+                memory_gib=4 * req.units,
+                granted_at=datetime.now(UTC),
+            ),
+        )
+
+    @activity.defn(name=A.RELEASE_CAPACITY)
+    async def release_capacity(notebook: str) -> bool:
+        script.calls["release"] += 1
+        had = notebook in script.held
+        script.held.discard(notebook)
+        return had
 
     @activity.defn(name=A.DELETE_WORKSPACE)
     async def delete_workspace(inp: DeleteWorkspaceInput) -> int:
@@ -89,9 +116,15 @@ def fake_activities(script: Script) -> tuple[list, list]:
     async def _pull(what: str) -> SyncResult:
         script.calls[what] += 1
         script.pull_started.set()
+        if script.pull_failures > 0:
+            script.pull_failures -= 1
+            raise ApplicationError("storage does not answer", type=codes.STORAGE_UNAVAILABLE)
         if script.block_pull:
-            while True:  # until the workflow cancels us
-                activity.heartbeat()
+            while script.block_pull:  # until the workflow cancels us, or the test lets go
+                if script.pull_details is not None:
+                    activity.heartbeat(script.pull_details)
+                else:
+                    activity.heartbeat()
                 await asyncio.sleep(0.1)
         return _done("pull")
 
@@ -193,7 +226,7 @@ def fake_activities(script: Script) -> tuple[list, list]:
         script.ledger[record.key] = record
         return True
 
-    control = [place, delete_workspace, record_usage]
+    control = [request_capacity, release_capacity, delete_workspace, record_usage]
     host = [
         pull_volume,
         restore_workspace,

@@ -140,6 +140,7 @@ async def test_thirty_days_with_auto_restart_stays_under_the_history_bound(
                 host_pickup_timeout_s=5,
                 checkpoint_s=3600,
                 max_history_events=1000,
+                workspace_checkpoint_s=0,  # billing and history only; see test_datasync
             ),
         )
         nb = await h.reach(handle, S.RUNNING)

@@ -1,0 +1,152 @@
+"""A host agent's standing in the fleet: what the machine has, proof it lives, and
+reconciliation of the containers found on it with the notebooks meant to run there."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import subprocess
+from datetime import timedelta
+
+from temporalio.client import Client, WorkflowQueryRejectedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.runtime.base import ContainerRuntime
+from domain.config import Settings
+from domain.fleet import HostInventory
+from domain.ids import host_task_queue, workflow_id
+from domain.states import NotebookState
+from domain.status import Notebook
+from workflows.fleet import FLEET_WORKFLOW_ID, FleetWorkflow
+
+log = logging.getLogger("ainb.presence")
+
+# A container is kept when its notebook is in one of these states on this host.
+_MEANT_TO_RUN = {
+    NotebookState.STARTING,
+    NotebookState.RUNNING,
+    NotebookState.STOPPING,
+    NotebookState.DELETING,
+}
+
+
+def detect_gpus() -> tuple[list[str], str | None]:
+    """GPU indexes and model from nvidia-smi; none when it is not there."""
+    if shutil.which("nvidia-smi") is None:
+        return [], None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    except (subprocess.SubprocessError, OSError):
+        log.warning("nvidia-smi failed: this host offers no GPU")
+        return [], None
+    rows = [line.split(",", 1) for line in out.splitlines() if line.strip()]
+    return [r[0].strip() for r in rows], (rows[0][1].strip() if rows else None)
+
+
+def inventory(settings: Settings) -> HostInventory:
+    gpu_ids, model = (
+        (settings.host_gpu_ids, settings.host_gpu_model)
+        if settings.host_gpu_ids is not None
+        else detect_gpus()
+    )
+    cpus = settings.host_cpus or float(os.cpu_count() or 1)
+    memory = settings.host_memory_gib or (
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    )
+    if settings.host_flavors is not None:
+        flavors = list(settings.host_flavors)
+    else:
+        flavors = [
+            name
+            for name, f in settings.flavors.items()
+            if f.kind == "cpu" or (gpu_ids and f.gpu_model in (None, "any", model))
+        ]
+    return HostInventory(
+        name=settings.host_name,
+        task_queue=host_task_queue(settings.host_name),
+        cpus=cpus,
+        memory_gib=round(memory, 2),
+        gpu_model=model,
+        gpu_ids=list(gpu_ids),
+        flavors=flavors,
+    )
+
+
+class Presence:
+    def __init__(self, client: Client, settings: Settings, runtime: ContainerRuntime) -> None:
+        self._client = client
+        self._settings = settings
+        self._runtime = runtime
+        self._fleet = client.get_workflow_handle(FLEET_WORKFLOW_ID)
+
+    async def run(self) -> None:
+        """Reconcile, register, then heartbeat; reconcile again now and then, and before
+        registering again whenever the fleet stopped counting on this host."""
+        s = self._settings
+        registered = False
+        next_reconcile = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if not registered or loop.time() >= next_reconcile:
+                    await self.reconcile()
+                    next_reconcile = loop.time() + s.reconcile_interval_s
+                if not registered:
+                    await self._fleet.execute_update(FleetWorkflow.register_host, inventory(s))
+                    log.info("host %s registered with the fleet", s.host_name)
+                    registered = True
+                elif not await self._fleet.execute_update(
+                    FleetWorkflow.host_heartbeat, s.host_name
+                ):
+                    log.warning("the fleet marked host %s down: registering again", s.host_name)
+                    registered = False
+                    continue
+            except RPCError as err:
+                log.warning("fleet not reachable (%s); retrying", err.message)
+                registered = False
+            except Exception:
+                log.exception("presence step failed; retrying")
+                registered = False
+            await asyncio.sleep(s.host_heartbeat_s)
+
+    async def reconcile(self) -> tuple[set[str], set[str]]:
+        """Remove containers whose notebook is not meant to run here; keep (re-adopt) the
+        rest untouched. A notebook whose state cannot be read now is left alone. Its data
+        directory stays: a restart of that notebook here keeps the work it holds."""
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(None, self._runtime.managed)
+        kept, removed = set(), set()
+        for notebook_id, project in sorted(found.items()):
+            meant = await self._meant_here(project, notebook_id)
+            if meant is None or meant:
+                kept.add(notebook_id)
+                continue
+            log.warning("removing container of notebook %s: not meant to run here", notebook_id)
+            await loop.run_in_executor(
+                None, self._runtime.stop, notebook_id, self._settings.stop_grace_s
+            )
+            removed.add(notebook_id)
+        return kept, removed
+
+    async def _meant_here(self, project: str, notebook_id: str) -> bool | None:
+        """True/False, or None when it cannot be known now (then nothing is removed)."""
+        if not project:
+            return None
+        handle = self._client.get_workflow_handle(workflow_id(project, notebook_id))
+        try:
+            nb = await handle.query("get", result_type=Notebook, rpc_timeout=timedelta(seconds=10))
+        except RPCError as err:
+            return False if err.status == RPCStatusCode.NOT_FOUND else None
+        except WorkflowQueryRejectedError:
+            return False  # the workflow is closed: DELETED
+        except Exception:
+            return None
+        return nb.status.state in _MEANT_TO_RUN and nb.status.host == self._settings.host_name
