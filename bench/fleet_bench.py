@@ -66,7 +66,7 @@ class Bench:
                 return
             if r.status_code == 200 and r.json()["status"]["state"] == state:
                 return
-            time.sleep(0.02)
+            time.sleep(0.25)  # a client polling 4 times a second, as a UI would
         raise TimeoutError(f"{nid} never reached {state}")
 
     def one(self, i: int) -> tuple[str, float]:
