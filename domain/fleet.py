@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from domain import codes
+
 EPS = 1e-9
 
 
@@ -77,6 +79,7 @@ class Decision(BaseModel):
     position: int | None = None  # 1 = next of its flavor
     waiting_for: str = ""
     message: str = ""
+    code: str = ""  # why it was refused: a status.info.code
 
 
 class FleetState(BaseModel):
@@ -215,7 +218,11 @@ def request(
         return Decision(outcome="granted", allocation=state.allocations[req.notebook])
     flavor = flavors.get(req.flavor)
     if flavor is None:
-        return Decision(outcome="refused", message=f"flavor {req.flavor!r} is not offered")
+        return Decision(
+            outcome="refused",
+            code=codes.NO_CAPACITY,
+            message=f"flavor {req.flavor!r} is not offered",
+        )
     if position(state, req.notebook) is not None:
         return _queued(state, req.notebook, flavor)
     gpus = need(flavor, req.units)[2]
@@ -224,6 +231,7 @@ def request(
         if used + gpus > quotas.project_max_gpus:
             return Decision(
                 outcome="refused",
+                code=codes.QUOTA_EXCEEDED,
                 message=f"project quota: at most {quotas.project_max_gpus} GPUs at once per "
                 f"project; project {req.project} holds or waits for {used}, this asks {gpus}",
             )
@@ -231,6 +239,7 @@ def request(
     if offered and not could_ever_fit(state, flavor, req.units):
         return Decision(
             outcome="refused",
+            code=codes.NO_CAPACITY,
             message=f"no host can ever fit {req.units} x {flavor.name} "
             f"({describe_need(flavor, req.units)})",
         )

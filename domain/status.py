@@ -28,9 +28,9 @@ class SyncState(StrEnum):
     FAILED = "failed"
 
 
-class SyncProgress(BaseModel):
-    direction: str  # "pull" or "push"
-    state: SyncState
+class SyncCounters(BaseModel):
+    """What a sync did: the same numbers for one target and for a whole datasync."""
+
     files_total: int = 0
     bytes_total: int = 0
     files_done: int = 0
@@ -44,20 +44,18 @@ class SyncProgress(BaseModel):
     message: str = ""
 
 
+class SyncProgress(SyncCounters):
+    direction: str  # "pull" or "push"
+    state: SyncState
+
+
 # The numbers a sync reports, shared by SyncProgress, DataSync and the sync heartbeats.
-SYNC_COUNTERS = (
-    "files_total",
-    "bytes_total",
-    "files_done",
-    "bytes_done",
-    "files_skipped",
-    "files_failed",
-    "files_deleted",
-    "files_seeded",
+SYNC_COUNTERS = tuple(
+    name for name, field in SyncCounters.model_fields.items() if field.annotation is int
 )
 
 
-class DataSync(BaseModel):
+class DataSync(SyncCounters):
     """A sync asked for while RUNNING (``POST …/datasync``); totals are summed over its
     targets, and include the live numbers of the target being synced."""
 
@@ -68,17 +66,6 @@ class DataSync(BaseModel):
     requested_at: datetime
     targets: list[str] = Field(default_factory=list)  # "workspace" or a volume's mount path
     current: str | None = None  # the target being synced now
-    files_total: int = 0
-    bytes_total: int = 0
-    files_done: int = 0
-    bytes_done: int = 0
-    files_skipped: int = 0
-    files_failed: int = 0
-    files_deleted: int = 0
-    files_seeded: int = 0
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    message: str = ""
 
 
 class VolumeStatus(BaseModel):

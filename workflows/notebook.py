@@ -277,7 +277,7 @@ class NotebookWorkflow:
                 raise asyncio.CancelledError() from err
             raise _ActivityFailed(S.ERROR, _failure_info(err, codes.LAUNCH_FAILED)) from err
         if decision.outcome == "refused":
-            code = codes.QUOTA_EXCEEDED if "quota" in decision.message else codes.NO_CAPACITY
+            code = decision.code or codes.NO_CAPACITY
             raise _ActivityFailed(S.FAILED, Info(code=code, message=decision.message))
         if decision.outcome == "granted" and decision.allocation is not None:
             return decision.allocation

@@ -4,30 +4,14 @@ checkpoints, and the host's volume cache."""
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 
 from domain.ids import workspace_prefix
 from tests.integration.conftest import Notebooks
+from tests.integration.s3data import bucket_keys, make_bucket
 
 pytestmark = pytest.mark.docker
-
-
-def _bucket(s3, objects: dict[str, bytes]) -> str:
-    name = f"ds-{uuid.uuid4().hex[:10]}"
-    s3.create_bucket(Bucket=name)
-    for key, body in objects.items():
-        s3.put_object(Bucket=name, Key=key, Body=body)
-    return name
-
-
-def _keys(s3, bucket: str, prefix: str = "") -> dict[str, bytes]:
-    out = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", ()):
-            out[obj["Key"]] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-    return out
 
 
 def _exec(container, script: str) -> str:
@@ -51,8 +35,8 @@ def _datasync(notebooks: Notebooks, nid: str, **body) -> dict:
 
 
 def test_datasync_push_and_pull_while_running(notebooks: Notebooks, s3) -> None:
-    data_in = _bucket(s3, {"a.txt": b"first\n"})
-    data_out = _bucket(s3, {"keep.txt": b"remote\n"})
+    data_in = make_bucket(s3, "ds", {"a.txt": b"first\n"})
+    data_out = make_bucket(s3, "ds", {"keep.txt": b"remote\n"})
     nb = notebooks.create(
         name="datasync",
         volumes=[f"{data_in}@local:/workspace/in:ro", f"{data_out}@local:/workspace/out:rw"],
@@ -66,7 +50,7 @@ def test_datasync_push_and_pull_while_running(notebooks: Notebooks, s3) -> None:
         job = _datasync(notebooks, nid, direction="push", volume="/workspace/out")
         assert job["state"] == "done", job
         assert job["targets"] == ["/workspace/out"] and job["files_done"] == 1
-        out = _keys(s3, data_out)
+        out = bucket_keys(s3, data_out)
         assert out["new.txt"] == b"made-inside\n" and out["keep.txt"] == b"remote\n"  # rw
         nb = notebooks.get(nid).json()
         assert nb["status"]["state"] == "RUNNING"
@@ -98,7 +82,7 @@ def test_datasync_push_and_pull_while_running(notebooks: Notebooks, s3) -> None:
         assert r.status_code == 422 and r.json()["field"] == "direction", r.text
         r = notebooks.api.post(base, json={"direction": "pull", "volume": "/workspace/nope"})
         assert r.status_code == 422 and "/workspace/nope" in r.json()["error"], r.text
-        assert set(_keys(s3, data_in)) == {"a.txt", "b.txt"}
+        assert set(bucket_keys(s3, data_in)) == {"a.txt", "b.txt"}
 
         assert notebooks.command(nid, "stop").status_code == 202
         notebooks.wait(nid, "STOPPED")
@@ -122,7 +106,9 @@ def test_checkpoint_saves_the_workspace_while_running(notebooks: Notebooks, s3) 
         deadline = time.monotonic() + 60
         found: dict[str, bytes] = {}
         while time.monotonic() < deadline:
-            found = {k: v for k, v in _keys(s3, "ainb-workspaces", prefix).items() if "ckpt" in k}
+            found = {
+                k: v for k, v in bucket_keys(s3, "ainb-workspaces", prefix).items() if "ckpt" in k
+            }
             if found:
                 break
             time.sleep(1)
@@ -137,7 +123,7 @@ def test_checkpoint_saves_the_workspace_while_running(notebooks: Notebooks, s3) 
 
 def test_cache_volume_is_reused_by_the_next_notebook(notebooks: Notebooks, s3, stack) -> None:
     files = {f"shard-{i:02}.bin": bytes([i]) * 50_000 for i in range(20)}
-    data = _bucket(s3, files)
+    data = make_bucket(s3, "ds", files)
     volume = f"{data}@local:/workspace/data:ro:cache"
 
     def run_one(name: str) -> dict:

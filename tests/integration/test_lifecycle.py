@@ -9,7 +9,6 @@ import hashlib
 import os
 import re
 import time
-import uuid
 
 import httpx
 import pytest
@@ -17,25 +16,10 @@ from temporalio.client import Client
 
 from domain.ids import workflow_id, workspace_prefix
 from tests.integration.conftest import Notebooks
+from tests.integration.s3data import bucket_keys, make_bucket
 from worker.stack import Stack
 
 pytestmark = pytest.mark.docker
-
-
-def _bucket(s3, prefix: str, objects: dict[str, bytes]) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=name)
-    for key, body in objects.items():
-        s3.put_object(Bucket=name, Key=key, Body=body)
-    return name
-
-
-def _keys(s3, bucket: str, prefix: str = "") -> dict[str, bytes]:
-    out = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            out[obj["Key"]] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-    return out
 
 
 def _history_text(stack: Stack, project: str, notebook_id: str) -> str:
@@ -64,8 +48,10 @@ def _exec(container, script: str) -> str:
 
 
 def test_full_lifecycle_with_volumes_and_workspace(notebooks: Notebooks, s3, stack: Stack) -> None:
-    data_in = _bucket(s3, "in", {"train/a.csv": b"x,y\n1,2\n", "train/sub/b.bin": os.urandom(4096)})
-    data_out = _bucket(s3, "out", {"results/old.txt": b"from before"})
+    data_in = make_bucket(
+        s3, "in", {"train/a.csv": b"x,y\n1,2\n", "train/sub/b.bin": os.urandom(4096)}
+    )
+    data_out = make_bucket(s3, "out", {"results/old.txt": b"from before"})
     nb = notebooks.create(
         name="lifecycle",
         volumes=[
@@ -123,10 +109,10 @@ def test_full_lifecycle_with_volumes_and_workspace(notebooks: Notebooks, s3, sta
     assert nb["status"]["info"]["code"] == "STOPPED_BY_USER"
     assert notebooks.containers(nid) == []  # the container is gone (I3)
     # rw pushed without deleting remote objects; ro untouched; workspace saved without volumes
-    out = _keys(s3, data_out)
+    out = bucket_keys(s3, data_out)
     assert out["results/new.txt"] == b"result\n" and out["results/old.txt"] == b"from before"
-    assert set(_keys(s3, data_in)) == {"train/a.csv", "train/sub/b.bin"}
-    ws = _keys(s3, "ainb-workspaces", workspace_prefix(notebooks.project, nid))
+    assert set(bucket_keys(s3, data_in)) == {"train/a.csv", "train/sub/b.bin"}
+    ws = bucket_keys(s3, "ainb-workspaces", workspace_prefix(notebooks.project, nid))
     names = {k.rsplit("/workspace/", 1)[1] for k in ws}
     assert "proj/model.bin" in names and "proj/deep/notes.txt" in names
     assert not any(n.startswith(("data/", "out/")) and n not in ("data/", "out/") for n in names)
@@ -162,8 +148,8 @@ def test_full_lifecycle_with_volumes_and_workspace(notebooks: Notebooks, s3, sta
     assert notebooks.get(nid).status_code == 404
     assert notebooks.command(nid, "start").status_code == 404
     assert notebooks.containers(nid) == []
-    assert _keys(s3, "ainb-workspaces", workspace_prefix(notebooks.project, nid)) == {}
-    assert "results/new.txt" in _keys(s3, data_out)
+    assert bucket_keys(s3, "ainb-workspaces", workspace_prefix(notebooks.project, nid)) == {}
+    assert "results/new.txt" in bucket_keys(s3, data_out)
 
 
 def test_unsecure_http_needs_no_token(notebooks: Notebooks) -> None:
@@ -186,7 +172,7 @@ def test_nonzero_exit_is_failed_and_data_is_pushed(notebooks: Notebooks, s3) -> 
     nb = notebooks.wait(nid, "FAILED")
     assert nb["status"]["info"]["code"] == "EXIT_CODE_137"
     assert "137" in nb["status"]["info"]["message"]
-    ws = _keys(s3, "ainb-workspaces", workspace_prefix(notebooks.project, nid))
+    ws = bucket_keys(s3, "ainb-workspaces", workspace_prefix(notebooks.project, nid))
     assert any(k.endswith("/precious.txt") and v == b"precious\n" for k, v in ws.items())
     assert notebooks.containers(nid) == []
     # FAILED can be started again, with the workspace restored

@@ -18,6 +18,7 @@ import pytest
 
 from domain.ids import workspace_prefix
 from tests.integration.conftest import BAD_KEYS_ALIAS, BAD_SECRET_KEY, Notebooks
+from tests.integration.s3data import bucket_keys, make_bucket
 from worker.stack import Stack
 
 pytestmark = pytest.mark.docker
@@ -26,24 +27,6 @@ MiB = 1024 * 1024
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _bucket(s3, prefix: str, objects: dict[str, bytes]) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=name)
-    for key, body in objects.items():
-        s3.put_object(Bucket=name, Key=key, Body=body)
-    return name
-
-
-def _keys(s3, bucket: str, prefix: str = "") -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
-        return out
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            out[obj["Key"]] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-    return out
 
 
 def _exec(container, script: str) -> str:
@@ -79,7 +62,7 @@ def cleanup(notebooks: Notebooks) -> Iterator[list[str]]:
 def test_rwd_mirrors_rw_keeps_and_ro_never_pushes(
     notebooks: Notebooks, s3, stack: Stack, cleanup: list[str]
 ) -> None:
-    rwd = _bucket(
+    rwd = make_bucket(
         s3,
         "rwd",
         {
@@ -89,8 +72,8 @@ def test_rwd_mirrors_rw_keeps_and_ro_never_pushes(
             "outside/x.txt": b"not under the volume's prefix\n",
         },
     )
-    rw = _bucket(s3, "rw", {"old.txt": b"v1\n", "removed.txt": b"still wanted remotely\n"})
-    ro = _bucket(s3, "ro", {"a.txt": b"a\n", "b.txt": b"b\n"})
+    rw = make_bucket(s3, "rw", {"old.txt": b"v1\n", "removed.txt": b"still wanted remotely\n"})
+    ro = make_bucket(s3, "ro", {"a.txt": b"a\n", "b.txt": b"b\n"})
     nb = notebooks.create(
         name="perms",
         volumes=[
@@ -130,26 +113,26 @@ def test_rwd_mirrors_rw_keeps_and_ro_never_pushes(
     s3.put_object(Bucket=ro, Key="a.txt", Body=b"a changed remotely\n")
     s3.delete_object(Bucket=ro, Key="b.txt")
     s3.put_object(Bucket=ro, Key="c.txt", Body=b"c added remotely\n")
-    ro_before_stop = _keys(s3, ro)
+    ro_before_stop = bucket_keys(s3, ro)
 
     assert notebooks.command(nid, "stop").status_code == 202
     nb = notebooks.wait(nid, "STOPPED")
     assert nb["status"]["info"]["code"] == "STOPPED_BY_USER"
 
     # rwd: the remote prefix mirrors the volume (deletions included), nothing outside it moves
-    assert _keys(s3, rwd) == {
+    assert bucket_keys(s3, rwd) == {
         "p/keep.txt": b"keep\n",
         "p/new/n.txt": b"fresh\n",
         "outside/x.txt": b"not under the volume's prefix\n",
     }
     # rw: new and changed files pushed, the file deleted in the notebook kept remotely
-    assert _keys(s3, rw) == {
+    assert bucket_keys(s3, rw) == {
         "old.txt": b"v2\n",
         "removed.txt": b"still wanted remotely\n",
         "added.txt": b"added\n",
     }
     # ro: never pushed, the remote changes stand
-    assert _keys(s3, ro) == ro_before_stop
+    assert bucket_keys(s3, ro) == ro_before_stop
     vols = nb["status"]["volumes"]
     assert [v["permission"] for v in vols] == ["rwd", "rw", "ro"]
     assert vols[0]["last_sync"]["direction"] == "push"
@@ -238,7 +221,7 @@ def _assert_failed_data_sync(notebooks: Notebooks, stack: Stack, nid: str, *name
 def test_missing_bucket_fails_naming_the_volume(
     notebooks: Notebooks, s3, stack: Stack, cleanup: list[str]
 ) -> None:
-    good = _bucket(s3, "good", {"x.txt": b"x\n"})
+    good = make_bucket(s3, "good", {"x.txt": b"x\n"})
     missing = f"missing-{uuid.uuid4().hex[:8]}"
     nb = notebooks.create(
         name="nobucket-rw",
@@ -250,15 +233,15 @@ def test_missing_bucket_fails_naming_the_volume(
     assert nb["status"]["volumes"][1]["pulled"] is False  # (the good one may have been)
     # nothing ran, so nothing was pushed: the good bucket is as it was, the missing one
     # was not created
-    assert _keys(s3, good) == {"x.txt": b"x\n"}
+    assert bucket_keys(s3, good) == {"x.txt": b"x\n"}
     assert missing not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
-    assert not _keys(s3, "ainb-workspaces", workspace_prefix(notebooks.project, nid))
+    assert not bucket_keys(s3, "ainb-workspaces", workspace_prefix(notebooks.project, nid))
 
 
 def test_bad_credentials_fail_naming_the_volume(
     notebooks: Notebooks, s3, stack: Stack, cleanup: list[str]
 ) -> None:
-    bucket = _bucket(s3, "creds", {"x.txt": b"x\n"})  # exists: only the keys are wrong
+    bucket = make_bucket(s3, "creds", {"x.txt": b"x\n"})  # exists: only the keys are wrong
     nb = notebooks.create(
         name="badkeys", volumes=[f"{bucket}@{BAD_KEYS_ALIAS}:/workspace/secret:ro"]
     )
@@ -266,7 +249,7 @@ def test_bad_credentials_fail_naming_the_volume(
     cleanup.append(nid)
     nb = _assert_failed_data_sync(notebooks, stack, nid, "/workspace/secret", bucket)
     assert BAD_SECRET_KEY not in json.dumps(nb)
-    assert _keys(s3, bucket) == {"x.txt": b"x\n"}
+    assert bucket_keys(s3, bucket) == {"x.txt": b"x\n"}
 
 
 # ------------------------------------------------------- storage down while stopping
@@ -280,7 +263,7 @@ def _s3_running(stack: Stack) -> bool:
 def test_storage_outage_while_stopping_keeps_retrying_then_saves_everything(
     notebooks: Notebooks, s3, stack: Stack, cleanup: list[str]
 ) -> None:
-    bucket = _bucket(s3, "outage", {"before.txt": b"before\n"})
+    bucket = make_bucket(s3, "outage", {"before.txt": b"before\n"})
     nb = notebooks.create(name="outage", volumes=[f"{bucket}@local:/workspace/out:rw"])
     nid = nb["id"]
     cleanup.append(nid)
@@ -334,10 +317,10 @@ def test_storage_outage_while_stopping_keeps_retrying_then_saves_everything(
             stack.start_s3()
 
     assert nb["status"]["info"]["code"] == "STOPPED_BY_USER"
-    vol = _keys(s3, bucket)
+    vol = bucket_keys(s3, bucket)
     assert vol["before.txt"] == b"before\n"
     ws_prefix = workspace_prefix(notebooks.project, nid) + "/"
-    ws = {k[len(ws_prefix) :]: v for k, v in _keys(s3, "ainb-workspaces", ws_prefix).items()}
+    ws = {k[len(ws_prefix) :]: v for k, v in bucket_keys(s3, "ainb-workspaces", ws_prefix).items()}
     for path in written:
         if path.startswith("out/"):
             got = vol[path[len("out/") :]]

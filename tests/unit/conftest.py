@@ -25,6 +25,18 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
 
 
+@pytest.fixture()
+async def fresh_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server for one test: an activity another test left in flight would
+    hold a shared server's clock still."""
+    path = shutil.which("temporal-test-server")
+    async with await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=path, data_converter=pydantic_data_converter
+    ) as env:
+        await ensure_search_attributes(env.client)
+        yield env
+
+
 @pytest.fixture(scope="session")
 async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     """The dev server, for what the time-skipping server does not enforce in real time

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
@@ -18,7 +15,6 @@ from domain.states import NotebookState as S
 from domain.status import SyncState
 from tests.unit.fakes import Script
 from tests.unit.harness import Harness, harness
-from worker.connect import ensure_search_attributes
 from workflows.notebook import NotebookWorkflow
 
 
@@ -158,19 +154,9 @@ async def test_an_unfinished_pull_is_finished_before_the_stop_pushes(
         assert not nb.status.volumes[1].repull
 
 
-@pytest.fixture()
-async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    async with await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=shutil.which("temporal-test-server"),
-        data_converter=pydantic_data_converter,
-    ) as env:
-        await ensure_search_attributes(env.client)
-        yield env
-
-
-async def test_periodic_checkpoints_push_the_workspace(skipping_env: WorkflowEnvironment) -> None:
+async def test_periodic_checkpoints_push_the_workspace(fresh_env: WorkflowEnvironment) -> None:
     script = Script(instant_watch=True)
-    async with harness(skipping_env, script) as h:
+    async with harness(fresh_env, script) as h:
         handle = await h.create(
             tuning=Tuning(checkpoint_s=60, workspace_checkpoint_s=600, heartbeat_timeout_s=5)
         )
@@ -178,7 +164,7 @@ async def test_periodic_checkpoints_push_the_workspace(skipping_env: WorkflowEnv
         first_due = nb.status.workspace.next_checkpoint_at
         assert first_due is not None
         assert first_due - nb.status.last_started_at == timedelta(seconds=600)
-        await skipping_env.sleep(timedelta(seconds=1850))
+        await fresh_env.sleep(timedelta(seconds=1850))
         nb = await h.get(handle)
         assert nb.status.state == S.RUNNING
         assert script.pushed == ["save_workspace"] * 3  # at 600, 1200 and 1800 s

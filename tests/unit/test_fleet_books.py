@@ -128,9 +128,11 @@ def test_refusals_name_the_limit() -> None:
     req = F.CapacityRequest(notebook="x", project="p", flavor="gpu", units=5)
     d = F.request(state, req, FLAVORS, F.Quotas(project_max_gpus=8), T0)
     assert d.outcome == "refused" and "no host can ever fit 5 x gpu" in d.message
+    assert d.code == "NO_CAPACITY"
     for i in range(2):
         req = F.CapacityRequest(notebook=f"g{i}", project="p", flavor="gpu", units=2)
         assert F.request(state, req, FLAVORS, QUOTAS, T0).outcome == "granted"
     req = F.CapacityRequest(notebook="g3", project="p", flavor="gpu", units=1)
     d = F.request(state, req, FLAVORS, QUOTAS, T0)
     assert d.outcome == "refused" and "at most 4 GPUs" in d.message
+    assert d.code == "QUOTA_EXCEEDED"

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
-import shutil
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 from temporalio.client import WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from domain import codes
@@ -18,22 +15,15 @@ from domain.messages import PatchRequest, StartRequest, StopRequest, Tuning
 from domain.states import NotebookState as S
 from tests.unit.fakes import Script
 from tests.unit.harness import Harness, harness
-from worker.connect import ensure_search_attributes
 from workflows.notebook import NotebookWorkflow
 
 HOUR = 3600
 
 
 @pytest.fixture()
-async def env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server per test: an activity left in flight by another test would
-    hold its clock still."""
-    async with await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=shutil.which("temporal-test-server"),
-        data_converter=pydantic_data_converter,
-    ) as env:
-        await ensure_search_attributes(env.client)
-        yield env
+def env(fresh_env: WorkflowEnvironment) -> WorkflowEnvironment:
+    """Every test here skips time: each gets its own server (see conftest.fresh_env)."""
+    return fresh_env
 
 
 def _periods_billed(h: Harness, notebook_id: str) -> dict[int, int]:
