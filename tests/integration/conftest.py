@@ -130,14 +130,18 @@ class Notebooks:
         self.docker = docker_client
         self.base = f"/v1/projects/{project}/notebooks"
 
-    def create(self, **spec) -> dict:
+    def post(self, **spec) -> httpx.Response:
+        """POST a spec (defaults for name, framework and resources); any answer."""
         body = {
             "name": spec.pop("name", "nb"),
             "framework": spec.pop("framework", {"id": "python"}),
             "resources": spec.pop("resources", {"flavor": "ai1-1-cpu", "cpu": 1}),
             **spec,
         }
-        r = self.api.post(self.base, json=body)
+        return self.api.post(self.base, json=body)
+
+    def create(self, **spec) -> dict:
+        r = self.post(**spec)
         assert r.status_code == 201, r.text
         return r.json()
 

@@ -257,24 +257,10 @@ def test_a_host_lost_for_good(fleet: Stack, fleet_api: httpx.Client, nbs: Notebo
 
 
 def test_quotas_are_named(nbs: Notebooks) -> None:
-    r = nbs.api.post(
-        nbs.base,
-        json={
-            "name": "big",
-            "framework": {"id": "python"},
-            "resources": {"flavor": "ai1-1-gpu", "gpu": 5},
-        },
-    )
+    r = nbs.post(name="big", resources={"flavor": "ai1-1-gpu", "gpu": 5})
     assert r.status_code == 422 and r.json()["field"] == "resources.gpu", r.text
     assert "notebook_max_gpus" in r.json()["error"]
-    r = nbs.api.post(
-        nbs.base,
-        json={
-            "name": "many",
-            "framework": {"id": "python"},
-            "resources": {"flavor": "ai1-1-cpu", "cpu": 13},
-        },
-    )
+    r = nbs.post(name="many", resources={"flavor": "ai1-1-cpu", "cpu": 13})
     assert r.status_code == 422 and "12" in r.json()["error"], r.text
 
 
@@ -284,14 +270,7 @@ def test_project_gpu_quota_is_a_409_and_queued_notebooks_count(notebooks: Notebo
     second = notebooks.create(name="g2", resources={"flavor": "ai1-1-gpu", "gpu": 2})["id"]
     info = _queued_info(notebooks, second)
     assert info["code"] == "QUEUED" and "no host offering ai1-1-gpu is up" in info["message"]
-    r = notebooks.api.post(
-        notebooks.base,
-        json={
-            "name": "g3",
-            "framework": {"id": "python"},
-            "resources": {"flavor": "ai1-1-gpu", "gpu": 1},
-        },
-    )
+    r = notebooks.post(name="g3", resources={"flavor": "ai1-1-gpu", "gpu": 1})
     assert r.status_code == 409, r.text
     assert "at most 4 GPUs at once per project" in r.json()["error"]
     for nid in (first, second):

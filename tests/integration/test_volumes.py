@@ -188,15 +188,7 @@ def test_rwd_mirrors_rw_keeps_and_ro_never_pushes(
     ],
 )
 def test_bad_volumes_are_422_naming_the_field(notebooks: Notebooks, volumes, field, words) -> None:
-    r = notebooks.api.post(
-        notebooks.base,
-        json={
-            "name": "badvol",
-            "framework": {"id": "python"},
-            "resources": {"flavor": "ai1-1-cpu", "cpu": 1},
-            "volumes": volumes,
-        },
-    )
+    r = notebooks.post(name="badvol", volumes=volumes)
     assert r.status_code == 422, r.text
     body = r.json()
     assert body["field"] == field, body
