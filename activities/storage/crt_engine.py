@@ -28,6 +28,7 @@ and multi-GiB files at disk speed are possible from one Python thread.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import html
 import io
 import os
@@ -117,6 +118,7 @@ class Transfer:
     # -- CRT callbacks (CRT threads) ----------------------------------------
 
     def _headers(self, status_code: int, headers: list[tuple[str, str]], **kwargs: Any) -> None:
+        _pin_thread_state()
         self.status = status_code
         self.headers = {k.lower(): v for k, v in headers}
 
@@ -139,6 +141,7 @@ class Transfer:
                     req.cancel()
 
     def _done(self, error: BaseException | None = None, **kwargs: Any) -> None:
+        _pin_thread_state()
         status = kwargs.get("status_code")
         if status is not None and self.status is None:
             self.status = status
@@ -159,6 +162,25 @@ class Transfer:
             self._on_done(self)
         finally:
             self._request = None  # break the reference cycle with the native request
+
+
+_pinned_threads: set[int] = set()
+
+
+def _pin_thread_state() -> None:
+    """Keep a Python thread state alive on this CRT thread for its whole life.
+
+    Each callback from a native thread otherwise creates and destroys a thread
+    state (PyGILState_Ensure/Release), which on Python 3.11 also maps and unmaps
+    a 16 KiB frame stack: three mmap/munmap pairs (with TLB shootdowns across
+    the CRT's threads) per request, the largest system-time cost of pulling
+    many small files.  One extra Ensure, never released, makes the state
+    permanent; the CRT's event-loop threads live as long as the process.
+    """
+    tid = threading.get_ident()
+    if tid not in _pinned_threads:
+        _pinned_threads.add(tid)
+        ctypes.pythonapi.PyGILState_Ensure()
 
 
 def _convert_error(
@@ -452,6 +474,13 @@ class CrtEngine:
             kwargs["on_body"] = transfer._body
         if recv_filepath is not None:
             kwargs["recv_filepath"] = recv_filepath
+            if kind == s3.S3RequestType.GET_OBJECT:
+                # Large downloads bypass the page cache: the pull makes every file
+                # durable before it counts, and buffered writes would only fill memory
+                # with dirty pages for the fsync to wait on (and push out other users'
+                # cache).  Best effort: the CRT falls back to buffered writes where
+                # O_DIRECT is refused (e.g. tmpfs).
+                kwargs["fio_options"] = s3.S3FileIoOptions(direct_io=True)
         transfer._request = self.client.make_request(
             type=kind,
             request=request,

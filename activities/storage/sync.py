@@ -145,6 +145,9 @@ _STOP_POLL_INTERVAL = 0.05
 _MANIFEST_SAVE_SECONDS = 1.5
 # A pull makes finished files durable and renames them into place in batches.
 _FLUSH_FILES = 2000
+# Up to this many files (or directories, for renames) are fsynced one by one; more
+# take one syncfs, which also flushes whatever else is dirty on the file system.
+_FSYNC_EACH_MAX = 32
 _FLUSH_BYTES = 256 * MiB
 _FLUSH_SECONDS = 0.5
 # In-flight CRT requests per sync (per ``workers``, bounded).
@@ -1194,6 +1197,42 @@ def _syncfs(path: str) -> bool:
     return True
 
 
+def _fsync_path(path: str, directory: bool) -> None:
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if directory else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if directory:  # removed meanwhile (e.g. by the notebook): no rename left to keep
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_durable(paths: Sequence[str], *, directories: bool = False) -> None:
+    """Make files (or, with ``directories``, the renames inside directories) durable.
+
+    A few are fsynced one by one: cheap when their data is already on disk (large
+    downloads use direct I/O) and blind to other processes' dirty data.  Many small
+    files take one ``syncfs`` per file system instead of one journal commit each.
+    """
+    if len(paths) > _FSYNC_EACH_MAX:
+        by_dev: dict[int, list[str]] = {}
+        for p in paths:
+            st = _lstat(p) if directories else os.lstat(p)
+            if st is not None:  # a directory removed meanwhile has no rename left to keep
+                by_dev.setdefault(st.st_dev, []).append(p)
+        rest: list[str] = []
+        for group in by_dev.values():
+            if not _syncfs(group[0] if directories else os.path.dirname(group[0])):
+                rest.extend(group)
+        paths = rest
+    for p in paths:
+        _fsync_path(p, directories)
+
+
 class _Runner:
     def __init__(
         self,
@@ -1627,7 +1666,7 @@ class _Puller:
         self.pending: list[_Pending] = []
         self.pending_bytes = 0
         self.pending_since = 0.0
-        self.renamed_devs: set[int] = set()  # renames not yet known durable
+        self.renamed_dirs: set[str] = set()  # directories with renames not yet durable
         self.large_jobs: dict[int, _GetJob] = {}  # large downloads in flight
         self.syncing: tuple[Future, list[_Pending]] | None = None  # batch being fsynced
         self.durable_pool: ThreadPoolExecutor | None = None
@@ -1690,12 +1729,9 @@ class _Puller:
         self._save(final=False)
 
     def _save(self, final: bool = True) -> None:
-        if self.renamed_devs:  # the renames the manifest records must be durable first
-            devs, self.renamed_devs = self.renamed_devs, set()
-            if not _syncfs(self.rootp):
-                os.sync()
-            elif devs - {os.stat(self.rootp).st_dev}:
-                os.sync()  # files on other file systems (mount points inside local_dir)
+        if self.renamed_dirs:  # the renames the manifest records must be durable first
+            dirs, self.renamed_dirs = self.renamed_dirs, set()
+            _make_durable(sorted(dirs), directories=True)
         self.manifest.save()
         if final and not self.push_manifest.foreign:  # seed the push manifest for the prefix
             self.push_manifest.save()
@@ -2144,29 +2180,14 @@ class _Puller:
             or now - self.pending_since >= _FLUSH_SECONDS
         ):
             batch, self.pending, self.pending_bytes = self.pending, [], 0
-            by_dev: dict[int, list[str]] = {}
-            for p in batch:
-                by_dev.setdefault(p.st.st_dev, []).append(p.tmp)
             if self.durable_pool is None:
                 self.durable_pool = ThreadPoolExecutor(1, thread_name_prefix="ainb-sync-durable")
             # fsync in the background: the downloads go on meanwhile
-            fut = self.durable_pool.submit(self._make_durable, by_dev)
+            fut = self.durable_pool.submit(_make_durable, [p.tmp for p in batch])
             if final:
                 self._place_batch(batch, fut)
             else:
                 self.syncing = (fut, batch)
-
-    def _make_durable(self, paths_by_dev: dict[int, list[str]]) -> None:
-        """fsync the given files: one ``syncfs`` per file system, else one fsync each."""
-        for paths in paths_by_dev.values():
-            if _syncfs(os.path.dirname(paths[0])):
-                continue
-            for p in paths:
-                fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
 
     def _place_batch(self, batch: list[_Pending], durable: Future) -> None:
         """Rename a batch of temporary files into place once they are durable."""
@@ -2188,7 +2209,7 @@ class _Puller:
                     os.unlink(p.tmp)
                 runner.record_error(item.rel, exc)
                 continue
-            self.renamed_devs.add(p.st.st_dev)
+            self.renamed_dirs.add(os.path.dirname(p.tmp))
             if p.seeded:
                 stats.files_seeded += 1
             entry = _entry_from_stat("f", p.size, p.etag, p.st, None)
