@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.fleet import FleetService
-from api.routers import fleet, health, notebooks, usage
+from api.routers import capabilities, fleet, health, notebooks, usage
 from api.service import NotebookService
 from api.usage import UsageService
 from domain.config import Settings
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(notebooks.router)
     app.include_router(usage.router)
     app.include_router(fleet.router)
+    app.include_router(capabilities.router)
     return app
 
 

@@ -1,0 +1,1 @@
+"""``ainb``: the command line for the ainb REST API."""

@@ -1,0 +1,136 @@
+"""The REST calls, and the two ways they fail: the API said no, or nobody answered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from cli.config import Config
+
+TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+
+
+class ApiError(Exception):
+    """The API answered with an error status; ``message`` is what to show a person."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+    @property
+    def client_error(self) -> bool:
+        return 400 <= self.status < 500
+
+    def line(self) -> str:
+        # Catalog errors already start with their field; validation errors say "field: ..."
+        # after a prefix. Name the field once, wherever the API put it.
+        text = self.message
+        if self.field and self.field not in text:
+            text = f"{self.field}: {text}"
+        return f"{text} (HTTP {self.status})"
+
+
+class Unreachable(Exception):
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach the ainb API at {url}: {reason}")
+        self.url = url
+
+
+def _error(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        # api/errors.py says {"error", "field"?}; FastAPI's own 404/405 say {"detail"}.
+        message = body.get("error") or body.get("detail") or body.get("message")
+        if not isinstance(message, str):
+            message = str(message) if message else response.reason_phrase
+        field = body.get("field") if isinstance(body.get("field"), str) else None
+        return ApiError(response.status_code, message, field)
+    text = response.text.strip().splitlines()[0] if response.text.strip() else ""
+    return ApiError(response.status_code, text or response.reason_phrase)
+
+
+def _reason(err: httpx.TransportError) -> str:
+    if isinstance(err, httpx.ConnectError):
+        return "connection refused" if "refused" in str(err).lower() else f"cannot connect ({err})"
+    if isinstance(err, httpx.TimeoutException):
+        return "no answer in time"
+    return str(err) or type(err).__name__
+
+
+class Client:
+    def __init__(self, config: Config, transport: httpx.BaseTransport | None = None) -> None:
+        headers = {"user-agent": "ainb-cli"}
+        if config.token:
+            headers["authorization"] = f"Bearer {config.token}"
+        self.config = config
+        self._http = httpx.Client(
+            base_url=config.url, headers=headers, timeout=TIMEOUT, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as err:
+            raise Unreachable(self.config.url, _reason(err)) from None
+        if response.status_code >= 400:
+            raise _error(response)
+        try:
+            return response.json() if response.content else None
+        except ValueError:
+            # Something else answers at that address (a proxy's page, another service).
+            raise ApiError(
+                response.status_code, f"the answer from {self.config.url}{path} is not JSON"
+            ) from None
+
+    @property
+    def _notebooks(self) -> str:
+        return f"/v1/projects/{self.config.project}/notebooks"
+
+    def create(self, spec: dict) -> dict:
+        return self._call("POST", self._notebooks, json=spec)
+
+    def list(self, state: str | None = None, labels: list[str] | None = None) -> list[dict]:
+        params: dict[str, Any] = {}
+        if state:
+            params["state"] = state
+        if labels:
+            params["label"] = labels
+        return self._call("GET", self._notebooks, params=params)
+
+    def get(self, notebook_id: str) -> dict:
+        return self._call("GET", f"{self._notebooks}/{notebook_id}")
+
+    def command(self, notebook_id: str, verb: str) -> dict:
+        return self._call("POST", f"{self._notebooks}/{notebook_id}/{verb}")
+
+    def delete(self, notebook_id: str, keep_workspace: bool = False) -> dict:
+        params = {"keep_workspace": "true"} if keep_workspace else None
+        return self._call("DELETE", f"{self._notebooks}/{notebook_id}", params=params)
+
+    def set_labels(self, notebook_id: str, labels: dict[str, str]) -> dict:
+        return self._call("PUT", f"{self._notebooks}/{notebook_id}/labels", json={"labels": labels})
+
+    def notebook_usage(self, notebook_id: str) -> dict:
+        return self._call("GET", f"{self._notebooks}/{notebook_id}/usage")
+
+    def project_usage(self, start: str | None = None, end: str | None = None) -> dict:
+        params = {k: v for k, v in (("from", start), ("to", end)) if v}
+        return self._call("GET", f"/v1/projects/{self.config.project}/usage", params=params)
+
+    def capabilities(self, kind: str) -> list[dict]:
+        return self._call("GET", f"/v1/capabilities/{kind}")

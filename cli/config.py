@@ -1,0 +1,73 @@
+"""Where the API is and who asks: flag > environment > config file > default.
+
+The file is TOML (``url``, ``project``, ``token`` at top level) at
+``$XDG_CONFIG_HOME/ainb/config.toml`` (``~/.config/ainb/config.toml``), or the path in
+``AINB_CLI_CONFIG``. Not ``AINB_CONFIG``: the server's processes already read that variable
+as the path of their JSON settings, and a shell that runs both must not feed one the other's
+file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+# The API's own default (api/main.py: AINB_API_HOST 127.0.0.1, AINB_API_PORT 8000).
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_PROJECT = "default"
+KEYS = ("url", "project", "token")
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    url: str
+    project: str
+    token: str | None = None
+
+
+def config_path(environ: Mapping[str, str]) -> Path:
+    explicit = environ.get("AINB_CLI_CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = environ.get("XDG_CONFIG_HOME") or str(Path(environ.get("HOME", "~")) / ".config")
+    return Path(base).expanduser() / "ainb" / "config.toml"
+
+
+def read_file(path: Path, *, required: bool) -> dict[str, str]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        # A default location that does not exist is normal; a path someone named is not.
+        if required:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"config file {path}: {err}") from None
+    values = {}
+    for key in KEYS:
+        if key in data:
+            if not isinstance(data[key], str):
+                raise ConfigError(f"config file {path}: {key} must be a string")
+            values[key] = data[key]
+    return values
+
+
+def resolve(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> Config:
+    """Each setting from the first source that has it."""
+    path = config_path(environ)
+    from_file = read_file(path, required=bool(environ.get("AINB_CLI_CONFIG")))
+    values: dict[str, str | None] = {}
+    for key in KEYS:
+        values[key] = (
+            flags.get(key) or environ.get(f"AINB_{key.upper()}") or from_file.get(key) or None
+        )
+    url = (values["url"] or DEFAULT_URL).rstrip("/")
+    if "://" not in url:
+        url = f"http://{url}"  # `--url host:8000` is what people type
+    return Config(url=url, project=values["project"] or DEFAULT_PROJECT, token=values["token"])

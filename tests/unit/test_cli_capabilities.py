@@ -1,0 +1,59 @@
+"""GET /v1/capabilities/frameworks and /editors, from the operator's catalog."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from api.routers import capabilities
+from domain.config import Settings
+
+
+def _client() -> TestClient:
+    app = FastAPI()
+    app.include_router(capabilities.router)
+    app.state.settings = Settings.model_validate(
+        {
+            "frameworks": {
+                "python": {
+                    "description": "Python",
+                    "default_version": "3.11",
+                    "versions": {
+                        "3.11": {"images": {"jupyterlab": "j:3.11", "vscode": "v:3.11"}},
+                        "3.12": {"images": {"jupyterlab": "j:3.12"}},
+                    },
+                },
+                "torch": {
+                    "default_version": "2",
+                    "versions": {"2": {"images": {"jupyterlab": "t:2"}}},
+                },
+            }
+        }
+    )
+    return TestClient(app)
+
+
+def test_frameworks_list_versions_default_and_editors() -> None:
+    r = _client().get("/v1/capabilities/frameworks")
+    assert r.status_code == 200
+    python, torch = r.json()
+    assert python == {
+        "id": "python",
+        "description": "Python",
+        "default_version": "3.11",
+        "versions": [
+            {"version": "3.11", "default": True, "editors": ["jupyterlab", "vscode"],
+             "images": {"jupyterlab": "j:3.11", "vscode": "v:3.11"}},
+            {"version": "3.12", "default": False, "editors": ["jupyterlab"],
+             "images": {"jupyterlab": "j:3.12"}},
+        ],
+    }  # fmt: skip
+    assert torch["id"] == "torch" and torch["versions"][0]["default"]
+
+
+def test_editors_across_the_catalog() -> None:
+    r = _client().get("/v1/capabilities/editors")
+    assert r.json() == [
+        {"id": "jupyterlab", "frameworks": ["python:3.11", "python:3.12", "torch:2"]},
+        {"id": "vscode", "frameworks": ["python:3.11"]},
+    ]
