@@ -452,7 +452,8 @@ class HostActivities:
             state = self._runtime.start(self._launch_spec(inp, port))
         return LaunchResult(
             container=state.name,
-            url=f"http://{self._settings.host_address}:{state.port or port}/lab",
+            url=f"http://{self._settings.host_address}:{state.port or port}"
+            f"{inp.spec.editor.home_path}",
             port=state.port or port,
             started_at=_now(),
         )
@@ -472,7 +473,7 @@ class HostActivities:
     async def wait_editor_ready(self, inp: ReadyInput) -> None:
         if not self._runtime.serves_http:
             return  # a simulated host: its editor is "up" once its record exists
-        url = f"http://{self._settings.host_address}:{inp.port}/api/status"
+        url = f"http://{self._settings.host_address}:{inp.port}{inp.path}"
         deadline = asyncio.get_running_loop().time() + inp.timeout_s
         async with httpx.AsyncClient(timeout=2.0) as http:
             while True:

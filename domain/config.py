@@ -45,14 +45,19 @@ class FrameworkEntry(BaseModel):
 
 
 JUPYTERLAB_IMAGE = "ainb/jupyterlab-python:3.11"
+VSCODE_IMAGE = "ainb/vscode-python:3.11"
 
 
 def _default_frameworks() -> dict[str, FrameworkEntry]:
     return {
         "python": FrameworkEntry(
-            description="Python 3.11 with JupyterLab",
+            description="Python 3.11 with JupyterLab or VS Code",
             default_version="3.11",
-            versions={"3.11": FrameworkVersion(images={"jupyterlab": JUPYTERLAB_IMAGE})},
+            versions={
+                "3.11": FrameworkVersion(
+                    images={"jupyterlab": JUPYTERLAB_IMAGE, "vscode": VSCODE_IMAGE}
+                )
+            },
         )
     }
 

@@ -159,6 +159,7 @@ class ReadyInput(BaseModel):
     ref: NotebookRef
     port: int
     timeout_s: float
+    path: str = "/api/status"  # the editor's readiness path (Editor.ready_path)
 
 
 class WatchInput(BaseModel):

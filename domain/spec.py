@@ -26,6 +26,16 @@ class Editor(StrEnum):
     JUPYTERLAB = "jupyterlab"
     VSCODE = "vscode"
 
+    @property
+    def ready_path(self) -> str:
+        """A path the editor answers (200, or 403 when protected) once it serves."""
+        return "/healthz" if self is Editor.VSCODE else "/api/status"
+
+    @property
+    def home_path(self) -> str:
+        """Where a person lands: JupyterLab's UI, code-server's root (its login page)."""
+        return "/" if self is Editor.VSCODE else "/lab"
+
 
 class Permission(StrEnum):
     RO = "ro"

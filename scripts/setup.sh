@@ -36,6 +36,11 @@ fi
 
 if docker_answers; then
     bash images/build.sh
+    if command -v npm >/dev/null 2>&1; then
+        bash images/build-vscode.sh
+    else
+        log "npm is missing: VS Code notebooks need images/build-vscode.sh (apt-get install nodejs npm)"
+    fi
 else
     log "no Docker engine: notebooks will run with the local-process runtime"
 fi

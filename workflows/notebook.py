@@ -244,7 +244,12 @@ class NotebookWorkflow:
         self._set_info(Info(message="waiting for the editor to answer"))
         await self._host_activity(
             A.WAIT_EDITOR_READY,
-            ReadyInput(ref=self._ref, port=launch.port, timeout_s=self._inp.tuning.ready_timeout_s),
+            ReadyInput(
+                ref=self._ref,
+                port=launch.port,
+                timeout_s=self._inp.tuning.ready_timeout_s,
+                path=self._inp.spec.editor.ready_path,
+            ),
             result_type=None,
             start_to_close=timedelta(seconds=self._inp.tuning.ready_timeout_s + 30),
             attempts=2,

@@ -18,7 +18,7 @@ from activities.runtime.docker_runtime import (
     PROJECT_LABEL,
     engine_answers,
 )
-from domain.config import JUPYTERLAB_IMAGE
+from domain.config import JUPYTERLAB_IMAGE, VSCODE_IMAGE
 from worker.stack import Ports, Stack, free_port
 
 REQUIRE_DOCKER = os.environ.get("AINB_REQUIRE_DOCKER") == "1"
@@ -90,7 +90,9 @@ def stack(tmp_path_factory, docker_client, project) -> Iterator[Stack]:
             "frameworks": {
                 "python": {
                     "default_version": "3.11",
-                    "versions": {"3.11": {"images": {"jupyterlab": JUPYTERLAB_IMAGE}}},
+                    "versions": {
+                        "3.11": {"images": {"jupyterlab": JUPYTERLAB_IMAGE, "vscode": VSCODE_IMAGE}}
+                    },
                 },
                 "broken": {
                     "default_version": "1",

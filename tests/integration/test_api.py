@@ -28,7 +28,7 @@ def _post(notebooks: Notebooks, **changes):
         ({"resources": {"flavor": "ai1-1-cpu", "cpu": 99}}, "resources.cpu", "at most 12"),
         ({"framework": {"id": "cobol"}}, "framework.id", "available: "),
         ({"framework": {"id": "python", "version": "2.7"}}, "framework.version", "3.11"),
-        ({"editor": "vscode"}, "editor", "not available"),
+        ({"framework": {"id": "broken"}, "editor": "vscode"}, "editor", "not available"),
         ({"editor": "emacs"}, "editor", "jupyterlab"),
         ({"name": "bad name!"}, "name", "pattern"),
         ({"volumes": ["data@nowhere:/workspace/d"]}, "volumes[0].alias", "unknown storage alias"),

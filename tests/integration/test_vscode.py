@@ -1,0 +1,77 @@
+"""A VS Code (code-server) notebook end to end: created like any other, protected by its
+token, and its workspace (with VS Code's own settings) survives a stop and a start."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+import docker
+import httpx
+import pytest
+
+from domain.config import VSCODE_IMAGE
+from tests.integration.conftest import REQUIRE_DOCKER, Notebooks
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def vscode_image(docker_client) -> None:
+    try:
+        docker_client.images.get(VSCODE_IMAGE)
+    except docker.errors.ImageNotFound:
+        problem = f"image {VSCODE_IMAGE} is missing: bash images/build-vscode.sh"
+        if REQUIRE_DOCKER:
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+def _exec(container, script: str) -> str:
+    code, output = container.exec_run(["sh", "-c", script])
+    assert code == 0, output.decode()
+    return output.decode()
+
+
+def test_vscode_notebook_login_and_workspace_across_stop_start(
+    notebooks: Notebooks, vscode_image
+) -> None:
+    nb = notebooks.create(name="code", editor="vscode")
+    nid = nb["id"]
+    nb = notebooks.wait(nid, "RUNNING", timeout=180)
+    base, _, query = nb["status"]["url"].partition("?")
+    base = base.rstrip("/")
+    token = parse_qs(query)["token"][0]
+
+    assert httpx.get(f"{base}/healthz").status_code == 200
+    # Protected: the editor sends a stranger to its login page.
+    r = httpx.get(f"{base}/")
+    assert r.status_code == 302 and r.headers["location"].endswith("login")
+    login = httpx.get(f"{base}/login")
+    assert login.status_code == 200 and "<title>code-server login</title>" in login.text
+    assert "Set-Cookie" not in httpx.post(f"{base}/login", data={"password": "wrong"}).headers
+    # The notebook's token is the password.
+    with httpx.Client(base_url=base) as browser:
+        r = browser.post("/login", data={"password": token})
+        assert r.status_code == 302 and "code-server-session" in r.headers["set-cookie"]
+        opened = browser.get("/")  # signed in: sent on to the workspace folder
+        assert opened.status_code == 302 and "folder=/workspace" in opened.headers["location"]
+        editor = browser.get("/", follow_redirects=True)
+        assert editor.status_code == 200 and "vscode" in editor.text.lower()
+
+    [container] = notebooks.containers(nid)
+    _exec(container, "echo kept > /workspace/notes.txt")
+    # VS Code keeps its settings with the workspace, so they travel with it too.
+    _exec(container, "test -f /workspace/.vscode-server-data/data/User/settings.json")
+
+    assert notebooks.command(nid, "stop").status_code == 202
+    notebooks.wait(nid, "STOPPED")
+    assert notebooks.containers(nid) == []
+    assert notebooks.command(nid, "start").status_code == 202
+    nb = notebooks.wait(nid, "RUNNING", timeout=180)
+    [container] = notebooks.containers(nid)
+    assert _exec(container, "cat /workspace/notes.txt") == "kept\n"
+    assert httpx.get(nb["status"]["url"].partition("?")[0].rstrip("/") + "/healthz").is_success
+
+    assert notebooks.delete(nid).status_code == 202
+    notebooks.wait(nid, "DELETED")
+    assert notebooks.containers(nid) == []
