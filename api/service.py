@@ -113,6 +113,8 @@ class NotebookService:
                     SearchAttributePair(sa.NAME, spec.name),
                     SearchAttributePair(sa.HOST, ""),
                     SearchAttributePair(sa.LABELS, sa.label_terms(spec.labels)),
+                    SearchAttributePair(sa.EDITOR, spec.editor.value),
+                    SearchAttributePair(sa.FLAVOR, spec.resources.flavor),
                 ]
             ),
             static_summary=f"{spec.name} ({project}): {spec.framework.id} {spec.framework.version} "

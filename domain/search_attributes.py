@@ -7,6 +7,8 @@ PROJECT = SearchAttributeKey.for_keyword("NotebookProject")
 NAME = SearchAttributeKey.for_keyword("NotebookName")
 HOST = SearchAttributeKey.for_keyword("NotebookHost")
 LABELS = SearchAttributeKey.for_keyword_list("NotebookLabels")
+EDITOR = SearchAttributeKey.for_keyword("NotebookEditor")
+FLAVOR = SearchAttributeKey.for_keyword("NotebookFlavor")
 
 # name=type pairs for `temporal server start-dev --search-attribute`.
 DEFINITIONS = {
@@ -15,6 +17,8 @@ DEFINITIONS = {
     "NotebookName": "Keyword",
     "NotebookHost": "Keyword",
     "NotebookLabels": "KeywordList",
+    "NotebookEditor": "Keyword",
+    "NotebookFlavor": "Keyword",
 }
 
 

@@ -3,14 +3,19 @@ token, and its workspace (with VS Code's own settings) survives a stop and a sta
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import parse_qs
 
 import docker
 import httpx
 import pytest
+from temporalio.client import Client
 
+from domain import search_attributes as sa
 from domain.config import VSCODE_IMAGE
+from domain.ids import workflow_id
 from tests.integration.conftest import REQUIRE_DOCKER, Notebooks
+from worker.stack import Stack
 
 pytestmark = pytest.mark.docker
 
@@ -26,6 +31,19 @@ def vscode_image(docker_client) -> None:
         pytest.skip(problem)
 
 
+def _operator_view(stack: Stack, project: str, notebook_id: str) -> tuple[dict, str]:
+    """What the Temporal Web UI shows of a notebook: search attributes and summary."""
+
+    async def describe():
+        client = await Client.connect(stack.temporal_address)
+        desc = await client.get_workflow_handle(workflow_id(project, notebook_id)).describe()
+        return desc.typed_search_attributes, await desc.static_summary()
+
+    attrs, summary = asyncio.run(describe())
+    keys = (sa.STATE, sa.PROJECT, sa.EDITOR, sa.FLAVOR, sa.HOST)
+    return {k.name: attrs.get(k) for k in keys}, summary or ""
+
+
 def _exec(container, script: str) -> str:
     code, output = container.exec_run(["sh", "-c", script])
     assert code == 0, output.decode()
@@ -33,11 +51,20 @@ def _exec(container, script: str) -> str:
 
 
 def test_vscode_notebook_login_and_workspace_across_stop_start(
-    notebooks: Notebooks, vscode_image
+    notebooks: Notebooks, vscode_image, stack: Stack
 ) -> None:
     nb = notebooks.create(name="code", editor="vscode")
     nid = nb["id"]
     nb = notebooks.wait(nid, "RUNNING", timeout=180)
+    attrs, summary = _operator_view(stack, notebooks.project, nid)
+    assert attrs == {
+        "NotebookState": "RUNNING",
+        "NotebookProject": notebooks.project,
+        "NotebookEditor": "vscode",
+        "NotebookFlavor": "ai1-1-cpu",
+        "NotebookHost": nb["status"]["host"],
+    }
+    assert "code" in summary and "vscode" in summary
     base, _, query = nb["status"]["url"].partition("?")
     base = base.rstrip("/")
     token = parse_qs(query)["token"][0]
