@@ -46,6 +46,10 @@ class FrameworkEntry(BaseModel):
 
 JUPYTERLAB_IMAGE = "ainb/jupyterlab-python:3.11"
 VSCODE_IMAGE = "ainb/vscode-python:3.11"
+PYTORCH_IMAGES = {
+    "jupyterlab": "ainb/pytorch-jupyterlab:2.13",
+    "vscode": "ainb/pytorch-vscode:2.13",
+}
 
 
 def _default_frameworks() -> dict[str, FrameworkEntry]:
@@ -58,7 +62,12 @@ def _default_frameworks() -> dict[str, FrameworkEntry]:
                     images={"jupyterlab": JUPYTERLAB_IMAGE, "vscode": VSCODE_IMAGE}
                 )
             },
-        )
+        ),
+        "pytorch": FrameworkEntry(
+            description="PyTorch 2.13 (CPU build) with NumPy, Python 3.11",
+            default_version="2.13",
+            versions={"2.13": FrameworkVersion(images=dict(PYTORCH_IMAGES))},
+        ),
     }
 
 

@@ -41,6 +41,7 @@ if docker_answers; then
     else
         log "npm is missing: VS Code notebooks need images/build-vscode.sh (apt-get install nodejs npm)"
     fi
+    bash images/build-pytorch.sh
 else
     log "no Docker engine: notebooks will run with the local-process runtime"
 fi

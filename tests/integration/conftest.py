@@ -18,7 +18,7 @@ from activities.runtime.docker_runtime import (
     PROJECT_LABEL,
     engine_answers,
 )
-from domain.config import JUPYTERLAB_IMAGE, VSCODE_IMAGE
+from domain.config import JUPYTERLAB_IMAGE, PYTORCH_IMAGES, VSCODE_IMAGE
 from worker.stack import Ports, Stack, free_port
 
 REQUIRE_DOCKER = os.environ.get("AINB_REQUIRE_DOCKER") == "1"
@@ -93,6 +93,10 @@ def stack(tmp_path_factory, docker_client, project) -> Iterator[Stack]:
                     "versions": {
                         "3.11": {"images": {"jupyterlab": JUPYTERLAB_IMAGE, "vscode": VSCODE_IMAGE}}
                     },
+                },
+                "pytorch": {
+                    "default_version": "2.13",
+                    "versions": {"2.13": {"images": dict(PYTORCH_IMAGES)}},
                 },
                 "broken": {
                     "default_version": "1",

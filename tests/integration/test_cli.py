@@ -66,14 +66,14 @@ def test_capabilities(cli) -> None:
     python = next(f for f in frameworks if f["id"] == "python")
     assert python["default_version"] == "3.11"
     assert python["versions"][0]["editors"] == ["jupyterlab", "vscode"]
-    assert {f["id"] for f in frameworks} == {"python", "broken"}
+    assert {f["id"] for f in frameworks} == {"python", "pytorch", "broken"}
     table = _ok(cli("capabilities", "frameworks"))
     assert "3.11 (default)" in table and "jupyterlab" in table
 
     editors = json.loads(_ok(cli("capabilities", "editors", "-o", "json")))
     assert editors == [
-        {"id": "jupyterlab", "frameworks": ["broken:1", "python:3.11"]},
-        {"id": "vscode", "frameworks": ["python:3.11"]},
+        {"id": "jupyterlab", "frameworks": ["broken:1", "python:3.11", "pytorch:2.13"]},
+        {"id": "vscode", "frameworks": ["python:3.11", "pytorch:2.13"]},
     ]
     assert _ok(cli("capabilities", "editors")).splitlines()[0].split() == ["EDITOR", "FRAMEWORKS"]
 
