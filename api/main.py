@@ -10,12 +10,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from api import errors
-from api.fleet import FleetService
+from api.client import services
 from api.routers import capabilities, fleet, health, notebooks, usage
-from api.service import NotebookService
-from api.usage import UsageService
 from domain.config import Settings
-from ledger.sqlite import SqliteLedger
 from worker.connect import connect
 
 
@@ -24,12 +21,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = await connect(settings)
+        # The same services as the Python client (api/client.py): one code path.
+        svc = services(await connect(settings), settings)
         app.state.settings = settings
-        app.state.client = client
-        app.state.fleet = FleetService(client, settings)
-        app.state.service = NotebookService(client, settings, app.state.fleet)
-        app.state.usage = UsageService(app.state.service, SqliteLedger(settings.ledger_file))
+        app.state.client = svc.client
+        app.state.fleet = svc.fleet
+        app.state.service = svc.notebooks
+        app.state.usage = svc.usage
         yield
 
     app = FastAPI(
