@@ -460,6 +460,7 @@ class CrtEngine:
         operation: str | None = None,
         on_progress: Callable[[int], None] | None = None,
         on_body: bool = False,
+        fio_options: Any = None,
     ) -> Transfer:
         transfer._engine_endpoint = self.endpoint
         hdrs = http.HttpHeaders([("Host", self.host), *headers])
@@ -474,13 +475,8 @@ class CrtEngine:
             kwargs["on_body"] = transfer._body
         if recv_filepath is not None:
             kwargs["recv_filepath"] = recv_filepath
-            if kind == s3.S3RequestType.GET_OBJECT:
-                # Large downloads bypass the page cache: the pull makes every file
-                # durable before it counts, and buffered writes would only fill memory
-                # with dirty pages for the fsync to wait on (and push out other users'
-                # cache).  Best effort: the CRT falls back to buffered writes where
-                # O_DIRECT is refused (e.g. tmpfs).
-                kwargs["fio_options"] = s3.S3FileIoOptions(direct_io=True)
+        if fio_options is not None:
+            kwargs["fio_options"] = fio_options
         transfer._request = self.client.make_request(
             type=kind,
             request=request,
@@ -535,6 +531,11 @@ class CrtEngine:
             on_progress=on_progress,
             on_body=recv_filepath is None,
             recv_filepath=recv_filepath,
+            # Large downloads bypass the page cache: the pull makes every file durable
+            # before it counts, and buffered writes would only fill memory with dirty
+            # pages for the fsync to wait on (and push out other users' cache).  Best
+            # effort: the CRT falls back to buffered writes where O_DIRECT is refused.
+            fio_options=s3.S3FileIoOptions(direct_io=True) if recv_filepath else None,
         )
 
     def head(

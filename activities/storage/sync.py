@@ -1211,26 +1211,26 @@ def _fsync_path(path: str, directory: bool) -> None:
         os.close(fd)
 
 
-def _make_durable(paths: Sequence[str], *, directories: bool = False) -> None:
+def _make_durable(paths_by_dev: dict[int, list[str]], *, directories: bool = False) -> None:
     """Make files (or, with ``directories``, the renames inside directories) durable.
 
-    A few are fsynced one by one: cheap when their data is already on disk (large
-    downloads use direct I/O) and blind to other processes' dirty data.  Many small
-    files take one ``syncfs`` per file system instead of one journal commit each.
+    The caller groups the paths by file system from the stat it already has.  A few
+    are fsynced one by one: cheap when their data is already on disk (large downloads
+    use direct I/O) and blind to other processes' dirty data.  Many small files take
+    one ``syncfs`` per file system instead of one journal commit each.
     """
-    if len(paths) > _FSYNC_EACH_MAX:
-        by_dev: dict[int, list[str]] = {}
+    for paths in paths_by_dev.values():
+        if len(paths) > _FSYNC_EACH_MAX:
+            where = paths[0] if directories else os.path.dirname(paths[0])
+            try:
+                if _syncfs(where):
+                    continue
+            except FileNotFoundError:
+                if not directories:
+                    raise
+                # a directory removed meanwhile: fsync the others one by one
         for p in paths:
-            st = _lstat(p) if directories else os.lstat(p)
-            if st is not None:  # a directory removed meanwhile has no rename left to keep
-                by_dev.setdefault(st.st_dev, []).append(p)
-        rest: list[str] = []
-        for group in by_dev.values():
-            if not _syncfs(group[0] if directories else os.path.dirname(group[0])):
-                rest.extend(group)
-        paths = rest
-    for p in paths:
-        _fsync_path(p, directories)
+            _fsync_path(p, directories)
 
 
 class _Runner:
@@ -1666,7 +1666,8 @@ class _Puller:
         self.pending: list[_Pending] = []
         self.pending_bytes = 0
         self.pending_since = 0.0
-        self.renamed_dirs: set[str] = set()  # directories with renames not yet durable
+        # dev -> directories with renames not yet durable
+        self.renamed_dirs: dict[int, set[str]] = {}
         self.large_jobs: dict[int, _GetJob] = {}  # large downloads in flight
         self.syncing: tuple[Future, list[_Pending]] | None = None  # batch being fsynced
         self.durable_pool: ThreadPoolExecutor | None = None
@@ -1730,8 +1731,8 @@ class _Puller:
 
     def _save(self, final: bool = True) -> None:
         if self.renamed_dirs:  # the renames the manifest records must be durable first
-            dirs, self.renamed_dirs = self.renamed_dirs, set()
-            _make_durable(sorted(dirs), directories=True)
+            dirs, self.renamed_dirs = self.renamed_dirs, {}
+            _make_durable({dev: sorted(d) for dev, d in dirs.items()}, directories=True)
         self.manifest.save()
         if final and not self.push_manifest.foreign:  # seed the push manifest for the prefix
             self.push_manifest.save()
@@ -2183,7 +2184,10 @@ class _Puller:
             if self.durable_pool is None:
                 self.durable_pool = ThreadPoolExecutor(1, thread_name_prefix="ainb-sync-durable")
             # fsync in the background: the downloads go on meanwhile
-            fut = self.durable_pool.submit(_make_durable, [p.tmp for p in batch])
+            by_dev: dict[int, list[str]] = {}
+            for p in batch:
+                by_dev.setdefault(p.st.st_dev, []).append(p.tmp)
+            fut = self.durable_pool.submit(_make_durable, by_dev)
             if final:
                 self._place_batch(batch, fut)
             else:
@@ -2209,7 +2213,7 @@ class _Puller:
                     os.unlink(p.tmp)
                 runner.record_error(item.rel, exc)
                 continue
-            self.renamed_dirs.add(os.path.dirname(p.tmp))
+            self.renamed_dirs.setdefault(p.st.st_dev, set()).add(os.path.dirname(p.tmp))
             if p.seeded:
                 stats.files_seeded += 1
             entry = _entry_from_stat("f", p.size, p.etag, p.st, None)
