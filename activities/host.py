@@ -43,6 +43,7 @@ from activities.storage.volume_cache import VolumeCache
 from domain import activity_names as A
 from domain import codes
 from domain.config import Settings
+from domain.gateway import editor_base_path, home_path
 from domain.messages import (
     LaunchInput,
     LaunchResult,
@@ -407,6 +408,7 @@ class HostActivities:
             "AINB_EDITOR_HOST": self._settings.host_address,
             "AINB_EDITOR_PORT": str(port),
             "AINB_EDITOR_TOKEN": token,
+            "AINB_BASE_URL": editor_base_path(spec.editor, inp.ref.project, inp.ref.notebook_id),
             "AINB_NOTEBOOK_ID": inp.ref.notebook_id,
             "AINB_PROJECT": inp.ref.project,
         }
@@ -453,7 +455,7 @@ class HostActivities:
         return LaunchResult(
             container=state.name,
             url=f"http://{self._settings.host_address}:{state.port or port}"
-            f"{inp.spec.editor.home_path}",
+            + home_path(inp.spec.editor, inp.ref.project, inp.ref.notebook_id),
             port=state.port or port,
             started_at=_now(),
         )

@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, gateway
 from api.client import services
+from api.gateway import Gateway
+from api.logs import LogService
 from api.routers import capabilities, fleet, health, notebooks, usage
 from domain.config import Settings
 from worker.connect import connect
@@ -28,7 +30,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.fleet = svc.fleet
         app.state.service = svc.notebooks
         app.state.usage = svc.usage
-        yield
+        app.state.gateway = Gateway(svc.notebooks, settings)
+        app.state.logs = LogService(svc.notebooks, svc.fleet, settings)
+        try:
+            yield
+        finally:
+            await app.state.gateway.aclose()
+            await app.state.logs.aclose()
 
     app = FastAPI(
         title="ainb",
@@ -42,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(fleet.router)
     app.include_router(capabilities.router)
+    app.include_router(gateway.router)
     return app
 
 

@@ -21,6 +21,7 @@ from api.fleet import FleetService
 from domain import codes
 from domain import search_attributes as sa
 from domain.config import Settings
+from domain.gateway import notebook_url
 from domain.ids import CONTROL_TASK_QUEUE, valid_notebook_id, workflow_id
 from domain.messages import (
     DataSyncRequest,
@@ -73,12 +74,34 @@ class NotebookService:
         )
 
     def _present(self, notebook: Notebook) -> Notebook:
-        """Add the editor token to the URL: it is derived here, never stored in history."""
+        """The gateway's address while the editor serves somewhere, with the editor token:
+        it is derived here, never stored in history."""
         status = notebook.status
-        if status.url and not notebook.spec.unsecure_http:
-            token = editor_token(self._settings.token_secret.get_secret_value(), notebook.id)
-            status = status.model_copy(update={"url": f"{status.url}?token={token}"})
-            notebook = notebook.model_copy(update={"status": status})
+        url = None
+        if status.endpoint:
+            url = notebook_url(
+                self._settings.public_url, notebook.spec.editor, notebook.project, notebook.id
+            )
+            if not notebook.spec.unsecure_http:
+                url += f"?token={self.editor_token(notebook.id)}"
+        if url != status.url:
+            notebook = notebook.model_copy(
+                update={"status": status.model_copy(update={"url": url})}
+            )
+        return notebook
+
+    def editor_token(self, notebook_id: str) -> str:
+        return editor_token(self._settings.token_secret.get_secret_value(), notebook_id)
+
+    async def locate(self, project: str, notebook_id: str) -> Notebook:
+        """The notebook as its workflow knows it, nothing added: what the gateway routes by."""
+        handle = self._handle(project, notebook_id)
+        try:
+            notebook = await handle.query("get", result_type=Notebook, rpc_timeout=QUERY_TIMEOUT)
+        except RPCError as err:
+            raise self._rpc_error(err, project, notebook_id) from err
+        if notebook.status.state == NotebookState.DELETED:
+            raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
         return notebook
 
     def _handle(self, project: str, notebook_id: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -124,6 +125,23 @@ class Client:
 
     def set_labels(self, notebook_id: str, labels: dict[str, str]) -> dict:
         return self._call("PUT", f"{self._notebooks}/{notebook_id}/labels", json={"labels": labels})
+
+    def logs(self, notebook_id: str, follow: bool, tail: int | None) -> Iterator[bytes]:
+        """The container's output as it comes (no read timeout: --follow waits for lines)."""
+        params: dict[str, Any] = {"follow": follow}
+        if tail is not None:
+            params["tail"] = tail
+        path = f"{self._notebooks}/{notebook_id}/logs"
+        try:
+            with self._http.stream(
+                "GET", path, params=params, timeout=httpx.Timeout(30.0, read=None)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error(response)
+                yield from response.iter_raw()
+        except httpx.TransportError as err:
+            raise Unreachable(self.config.url, _reason(err)) from None
 
     def notebook_usage(self, notebook_id: str) -> dict:
         return self._call("GET", f"{self._notebooks}/{notebook_id}/usage")

@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--keep-workspace", action="store_true", help="keep its saved workspace")
     delete.add_argument("--wait", action="store_true", help="follow it until it is gone")
 
+    logs = command("logs", "the notebook container's output")
+    logs.add_argument("id")
+    logs.add_argument("-f", "--follow", action="store_true", help="go on as it writes more")
+    logs.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+
     label = command("label", "set (K=V) or remove (K-) labels")
     label.add_argument("id")
     label.add_argument("edits", nargs="+", type=_label_edit, metavar="K=V|K-")
@@ -267,6 +272,20 @@ def cmd_label(client: Client, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_logs(client: Client, args: argparse.Namespace, out: Output) -> int:
+    if args.tail is not None and args.tail < 0:
+        raise UsageError("--tail: a number of lines, 0 or more")
+    stream = getattr(out.stdout, "buffer", None)
+    for chunk in client.logs(args.id, args.follow, args.tail):
+        if stream is not None:
+            stream.write(chunk)
+            stream.flush()
+        else:
+            out.stdout.write(chunk.decode(errors="replace"))
+            out.stdout.flush()
+    return 0
+
+
 def cmd_usage(client: Client, args: argparse.Namespace, out: Output) -> int:
     if args.id:
         usage = client.notebook_usage(args.id)
@@ -298,6 +317,7 @@ COMMANDS = {
     "label": cmd_label,
     "usage": cmd_usage,
     "capabilities": cmd_capabilities,
+    "logs": cmd_logs,
 }
 
 

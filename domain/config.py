@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     host_address: str = "127.0.0.1"
     # "sim": a simulated host (no containers; for fleet tests and benchmarks)
     runtime: Literal["auto", "docker", "local", "sim"] = "auto"
+    # Port of this host agent's log endpoint (0: any free one; it is reported to the fleet).
+    host_logs_port: int = 0
     # First port tried for editors on this host (host networking: one port per notebook).
     editor_port_start: int = 18800
 
@@ -108,6 +110,10 @@ class Settings(BaseSettings):
     workspace_bucket: str = "ainb-workspaces"
 
     token_secret: SecretStr = SecretStr("")
+    # The API's address as people reach it: notebook URLs (the gateway) are built on it.
+    public_url: str = "http://127.0.0.1:8000"
+    # API tokens by project: each opens that project's notebooks through the gateway.
+    api_tokens: dict[str, list[SecretStr]] = Field(default_factory=dict)
 
     frameworks: dict[str, FrameworkEntry] = Field(default_factory=_default_frameworks)
     flavors: dict[str, Flavor] = Field(default_factory=_default_flavors)

@@ -41,6 +41,8 @@ class HostInventory(BaseModel):
     gpu_model: str | None = None
     gpu_ids: list[str] = Field(default_factory=list)
     flavors: list[str] = Field(default_factory=list)  # flavors the operator lets it run
+    # Where the API reads this host's container output (worker/log_server.py).
+    logs_url: str = ""
 
 
 class HostState(BaseModel):

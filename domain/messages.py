@@ -159,7 +159,7 @@ class ReadyInput(BaseModel):
     ref: NotebookRef
     port: int
     timeout_s: float
-    path: str = "/api/status"  # the editor's readiness path (Editor.ready_path)
+    path: str = "/api/status"  # the editor's readiness path (domain.gateway.ready_path)
 
 
 class WatchInput(BaseModel):

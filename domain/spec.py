@@ -28,13 +28,15 @@ class Editor(StrEnum):
 
     @property
     def ready_path(self) -> str:
-        """A path the editor answers (200, or 403 when protected) once it serves."""
-        return "/healthz" if self is Editor.VSCODE else "/api/status"
+        """A path the editor answers (200, or 403 when protected) once it serves, relative
+        to its base path (domain.gateway)."""
+        return "healthz" if self is Editor.VSCODE else "api/status"
 
     @property
     def home_path(self) -> str:
-        """Where a person lands: JupyterLab's UI, code-server's root (its login page)."""
-        return "/" if self is Editor.VSCODE else "/lab"
+        """Where a person lands, relative to the base path: JupyterLab's UI, code-server's
+        root (which opens /workspace)."""
+        return "" if self is Editor.VSCODE else "lab"
 
 
 class Permission(StrEnum):

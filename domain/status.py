@@ -96,7 +96,10 @@ class WorkspaceStatus(BaseModel):
 class NotebookStatus(BaseModel):
     state: NotebookState
     info: Info = Field(default_factory=Info)
+    # The gateway's address for people (set by the API from `endpoint`; never in history).
     url: str | None = None
+    # Where the editor answers on its host now: what the gateway forwards to.
+    endpoint: str | None = None
     host: str | None = None
     container: str | None = None
     last_started_at: datetime | None = None

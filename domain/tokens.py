@@ -10,3 +10,9 @@ import hmac
 def editor_token(secret: str, notebook_id: str) -> str:
     digest = hmac.new(secret.encode(), f"editor:{notebook_id}".encode(), hashlib.sha256)
     return digest.hexdigest()[:40]
+
+
+def agent_token(secret: str) -> str:
+    """What the API shows a host agent to read its containers' logs."""
+    digest = hmac.new(secret.encode(), b"agent-logs", hashlib.sha256)
+    return digest.hexdigest()

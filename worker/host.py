@@ -16,6 +16,7 @@ from activities.runtime.sim_runtime import SimRuntime
 from domain.config import Settings
 from domain.ids import host_task_queue
 from worker.connect import connect
+from worker.log_server import LogServer
 from worker.presence import Presence
 from worker.run import run_until_signalled, setup_logging
 
@@ -50,13 +51,17 @@ async def amain() -> None:
     runtime = choose_runtime(settings)
     log.info("host %s uses the %s runtime", settings.host_name, runtime.name)
     client = await connect(settings)
-    presence = asyncio.create_task(Presence(client, settings, runtime).run())
+    logs = LogServer(settings, runtime)
+    serving_logs = asyncio.create_task(logs.serve())
+    presence = asyncio.create_task(Presence(client, settings, runtime, logs.url).run())
     try:
         await run_until_signalled(
             build_worker(client, settings, runtime), f"host agent {settings.host_name}"
         )
     finally:
         presence.cancel()
+        logs.stop()
+        await asyncio.gather(serving_logs, return_exceptions=True)
 
 
 def main() -> None:

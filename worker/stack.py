@@ -167,6 +167,7 @@ class Stack:
             {
                 "AINB_CONFIG": str(self.config_path),
                 "AINB_API_PORT": str(self.ports.api),
+                "AINB_PUBLIC_URL": self.api_url,
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -491,6 +492,7 @@ def main() -> None:
             f"""
 ainb is up (data in {stack.data_dir})
   REST API        {stack.api_url}   (OpenAPI: {stack.api_url}/docs)
+  notebooks       {stack.api_url}/notebooks/<project>/<id>/   (the gateway: status.url)
   Temporal        {stack.temporal_address}   (Web UI: http://127.0.0.1:{p.temporal_ui})
   S3 (SeaweedFS)  {stack.s3_endpoint}   (credentials in {stack.data_dir / "secrets.json"})
   control worker  task queue ainb-control; the fleet is workflow ainb-fleet

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from domain import codes
     from domain import search_attributes as sa
     from domain.fleet import Allocation, CapacityRequest, Decision
+    from domain.gateway import ready_path
     from domain.ids import CONTROL_TASK_QUEUE
     from domain.messages import (
         BillingState,
@@ -197,7 +198,7 @@ class NotebookWorkflow:
         self._task_queue = None
         spec = self._inp.spec
         self._run = RunSettings(timeout_s=spec.timeout, auto_restart=spec.timeout_auto_restart)
-        self._status.url = None
+        self._status.endpoint = None
         self._status.container = None
         try:
             await self._start_sequence()
@@ -239,7 +240,7 @@ class NotebookWorkflow:
         )
         self._container_launched = True
         self._status.container = launch.container
-        self._status.url = launch.url
+        self._status.endpoint = launch.url
 
         self._set_info(Info(message="waiting for the editor to answer"))
         await self._host_activity(
@@ -248,7 +249,7 @@ class NotebookWorkflow:
                 ref=self._ref,
                 port=launch.port,
                 timeout_s=self._inp.tuning.ready_timeout_s,
-                path=self._inp.spec.editor.ready_path,
+                path=ready_path(self._inp.spec.editor, self._ref.project, self._ref.notebook_id),
             ),
             result_type=None,
             start_to_close=timedelta(seconds=self._inp.tuning.ready_timeout_s + 30),
@@ -595,7 +596,7 @@ class NotebookWorkflow:
                 if not self._delete_after_stop and self._status.state != S.DELETING:
                     return
             self._status.container = None
-            self._status.url = None
+            self._status.endpoint = None
             self._task_queue = None
         await self._release_capacity()  # queued, or never launched
 
@@ -916,7 +917,7 @@ class NotebookWorkflow:
         if self._container_launched:
             self._status.last_stopped_at = workflow.now()
         self._status.container = None
-        self._status.url = None
+        self._status.endpoint = None
         if self._status.state != S.DELETING and not self._delete_after_stop:
             self._transition(S.ERROR, Info(code=codes.HOST_LOST, message=message))
 

@@ -6,6 +6,7 @@ finds what the first run did instead of doing it again (I3).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +44,14 @@ class LaunchSpec:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+class LogStream(Protocol):
+    """Blocking chunks of output; close() from another thread ends a blocked read."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class ContainerState:
     name: str
@@ -69,6 +78,11 @@ class ContainerRuntime(Protocol):
         ...
 
     def logs(self, notebook_id: str, tail: int = 50) -> str: ...
+
+    def log_stream(self, notebook_id: str, tail: int, follow: bool) -> LogStream | None:
+        """The container's output from `tail` lines back (all when negative), and with
+        `follow` what it writes next until it exits; None when there is no container."""
+        ...
 
     def ports_in_use(self) -> set[int]:
         """Ports given to this host's editors that still exist, bound yet or not."""

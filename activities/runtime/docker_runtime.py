@@ -148,6 +148,13 @@ class DockerRuntime:
             return ""
         return container.logs(tail=tail).decode(errors="replace")
 
+    def log_stream(self, notebook_id: str, tail: int, follow: bool):
+        container = self._get(notebook_id)
+        if container is None:
+            return None
+        # The SDK's stream closes its socket on close(), which ends a blocked read.
+        return container.logs(stream=True, follow=follow, tail="all" if tail < 0 else tail)
+
     def managed(self) -> dict[str, str]:
         """This installation's containers on this host (not other platforms' on the engine)."""
         labels = [MANAGED_LABEL, *(f"{k}={v}" for k, v in self._scope.items())]

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from activities.runtime.base import ContainerState, ImageNotFound, LaunchSpec
+from activities.runtime.file_logs import FileLogStream
 from domain.ids import container_name
 
 
@@ -60,6 +61,7 @@ class LocalRuntime:
             f"--port={spec.port}",
             "--port-retries=0",
             f"--ServerApp.root_dir={spec.workspace}",
+            f"--ServerApp.base_url={spec.env.get('AINB_BASE_URL', '/')}",
             f"--IdentityProvider.token={spec.env.get('AINB_EDITOR_TOKEN', '')}",
             "--ServerApp.password=",
             "--LabApp.news_url=None",
@@ -157,6 +159,17 @@ class LocalRuntime:
             for d in self._dir.iterdir()
             if (d / "editor.pid").exists()
         }
+
+    def log_stream(self, notebook_id: str, tail: int, follow: bool):
+        d = self._dir / notebook_id
+        if not (d / "editor.pid").exists():
+            return None
+        return FileLogStream(
+            d / "editor.log",
+            tail,
+            follow,
+            alive=lambda: bool((s := self.poll(notebook_id)) and s.running),
+        )
 
     def logs(self, notebook_id: str, tail: int = 50) -> str:
         path = self._dir / notebook_id / "editor.log"

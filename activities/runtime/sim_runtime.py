@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from activities.runtime.base import ContainerState, LaunchSpec
+from activities.runtime.file_logs import FileLogStream
 from domain.ids import container_name
 
 
@@ -80,6 +81,9 @@ class SimRuntime:
 
     def logs(self, notebook_id: str, tail: int = 50) -> str:
         return ""
+
+    def log_stream(self, notebook_id: str, tail: int, follow: bool):
+        return FileLogStream(None, tail, follow=False) if self.read(notebook_id) else None
 
     def ports_in_use(self) -> set[int]:
         return {

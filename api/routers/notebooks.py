@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
+from fastapi.responses import StreamingResponse
 
-from api.deps import Project, Service
+from api.deps import Logs, Project, Service
 from api.errors import ApiError
 from domain.messages import DataSyncRequest, LabelsRequest, PatchRequest
 from domain.spec import NotebookSpec
@@ -82,6 +83,24 @@ async def patch_notebook(
 ) -> Notebook:
     """Change `timeout` or `timeout_auto_restart`; they take effect from the next start."""
     return await service.patch(project, notebook_id, changes)
+
+
+@router.get(
+    "/{notebook_id}/logs",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/plain": {}}, "description": "the container's output"}},
+)
+async def notebook_logs(
+    project: Project,
+    notebook_id: str,
+    logs: Logs,
+    follow: bool = False,
+    tail: Annotated[int | None, Query(ge=0, description="lines from the end; all if unset")] = None,
+) -> StreamingResponse:
+    """The container's output (stdout and stderr); with `follow`, it goes on until the
+    container exits or the client leaves."""
+    stream = await logs.open(project, notebook_id, tail, follow)
+    return StreamingResponse(stream, media_type="text/plain; charset=utf-8")
 
 
 @router.delete("/{notebook_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook)

@@ -4,9 +4,13 @@ worker, a host agent on the local Docker engine and the REST API, each a process
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import httpx
@@ -25,6 +29,8 @@ REQUIRE_DOCKER = os.environ.get("AINB_REQUIRE_DOCKER") == "1"
 MISSING_IMAGE = "ainb/does-not-exist:0"
 BAD_KEYS_ALIAS = "badkeys"
 BAD_SECRET_KEY = "not-the-right-secret-key-0123456789"
+# An API token of the test project: opens its notebooks through the gateway.
+PROJECT_API_TOKEN = "it-project-api-token-0123456789"
 
 
 def _docker_problem() -> str | None:
@@ -73,6 +79,7 @@ def stack(tmp_path_factory, docker_client, project) -> Iterator[Stack]:
             "AINB_STOP_GRACE_S": "10",
         },
         config_overrides={
+            "api_tokens": {project: [PROJECT_API_TOKEN]},
             # An alias whose endpoint nothing listens on: storage that stays unreachable.
             "storage_aliases": {
                 "down": {
@@ -190,3 +197,33 @@ class Notebooks:
 @pytest.fixture()
 def notebooks(api, project, docker_client) -> Notebooks:
     return Notebooks(api, project, docker_client)
+
+
+def _command() -> list[str]:
+    # The console script of this interpreter's environment, else the module it runs.
+    found = shutil.which("ainb", path=str(Path(sys.executable).parent)) or shutil.which("ainb")
+    return [found] if found else [sys.executable, "-m", "cli.main"]
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory) -> dict[str, str]:
+    """No AINB_* from the caller (AINB_CONFIG is the server's), no user config file."""
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AINB_")}
+    return {**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+
+
+def ainb(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """The `ainb` CLI, run as a user would."""
+    return subprocess.run(
+        [*_command(), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture()
+def cli(stack: Stack, project: str, cli_env):
+    def call(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        return ainb("--url", stack.api_url, "--project", project, *args, env=cli_env,
+                    timeout=timeout)  # fmt: skip
+
+    return call

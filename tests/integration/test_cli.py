@@ -4,48 +4,15 @@ run --wait, ls, get, label, usage, stop --wait and delete; the catalog; the erro
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Notebooks
+from tests.integration.conftest import Notebooks, ainb
 from worker.stack import Stack, free_port
 
 pytestmark = pytest.mark.docker
-
-
-def _command() -> list[str]:
-    # The console script of this interpreter's environment, else the module it runs.
-    found = shutil.which("ainb", path=str(Path(sys.executable).parent)) or shutil.which("ainb")
-    return [found] if found else [sys.executable, "-m", "cli.main"]
-
-
-@pytest.fixture(scope="module")
-def cli_env(tmp_path_factory) -> dict[str, str]:
-    """No AINB_* from the caller (AINB_CONFIG is the server's), no user config file."""
-    home = tmp_path_factory.mktemp("home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AINB_")}
-    return {**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
-
-
-def ainb(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*_command(), *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-@pytest.fixture()
-def cli(stack: Stack, project: str, cli_env):
-    def call(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        return ainb("--url", stack.api_url, "--project", project, *args, env=cli_env,
-                    timeout=timeout)  # fmt: skip
-
-    return call
 
 
 def _ok(r: subprocess.CompletedProcess[str]) -> str:

@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -218,8 +219,9 @@ def test_notebooks_started_together_get_their_own_ports(notebooks: Notebooks) ->
     # Editors bind a few seconds after their container starts: a port must not be handed
     # out twice in that window (the loser would exit and the notebook turn FAILED).
     ids = [notebooks.create(name=f"twin{i}")["id"] for i in range(3)]
-    urls = [notebooks.wait(nid, "RUNNING")["status"]["url"] for nid in ids]
-    assert len({url.split("/lab")[0] for url in urls}) == 3
+    running = [notebooks.wait(nid, "RUNNING")["status"] for nid in ids]
+    assert len({urlsplit(status["endpoint"]).port for status in running}) == 3
+    urls = [status["url"] for status in running]
     time.sleep(3)
     for nid, url in zip(ids, urls, strict=True):
         assert notebooks.get(nid).json()["status"]["state"] == "RUNNING"

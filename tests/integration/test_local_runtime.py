@@ -57,7 +57,8 @@ def test_lifecycle_without_docker(local_stack: Stack) -> None:
         path = f"{base}/{nid}"
         nb = _wait(api, path, "RUNNING")
         url = nb["status"]["url"]
-        server = url.split("/lab")[0]
+        server = url.split("/lab")[0]  # the gateway's address for it
+        editor = nb["status"]["endpoint"].split("/lab")[0]  # where the process answers
         assert httpx.get(f"{server}/api/status").status_code == 403
         token = url.split("token=")[1]
         auth = {"Authorization": f"token {token}"}
@@ -70,17 +71,18 @@ def test_lifecycle_without_docker(local_stack: Stack) -> None:
 
         assert api.post(f"{path}/stop").status_code == 202
         _wait(api, path, "STOPPED")
-        assert not _answers(server)  # the editor process is gone
+        assert not _answers(editor)  # the editor process is gone
 
         assert api.post(f"{path}/start").status_code == 202
         nb = _wait(api, path, "RUNNING")
-        server = nb["status"]["url"].split("/lab")[0]
+        assert nb["status"]["url"].split("/lab")[0] == server
+        editor = nb["status"]["endpoint"].split("/lab")[0]
         r = httpx.get(f"{server}/api/contents/notes.txt", headers=auth)
         assert r.status_code == 200 and r.json()["content"] == "kept across restarts"
 
         assert api.delete(path).status_code == 202
         _wait(api, path, "DELETED")
-        assert not _answers(server)
+        assert not _answers(editor)
 
 
 def _answers(server: str) -> bool:

@@ -121,7 +121,7 @@ def test_global_options_go_before_or_after_the_command() -> None:
         ["ls", "--state", "NAPPING"],
         ["label", "abc", "team"],
         ["capabilities", "hosts"],
-        ["logs", "abc"],  # not a command until the API has a logs endpoint
+        ["logs", "abc", "--tail", "some"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys) -> None:

@@ -33,7 +33,7 @@ async def test_full_lifecycle_and_rejections(env: WorkflowEnvironment) -> None:
     async with harness(env) as h:
         handle = await h.create()
         nb = await h.reach(handle, S.RUNNING)
-        assert nb.status.url and nb.status.host == HOST and nb.status.last_started_at
+        assert nb.status.endpoint and nb.status.host == HOST and nb.status.last_started_at
         assert all(v.pulled for v in nb.status.volumes)
         assert h.script.calls["restore_workspace"] == 0  # new notebook: nothing to restore
 
@@ -43,7 +43,7 @@ async def test_full_lifecycle_and_rejections(env: WorkflowEnvironment) -> None:
         assert nb.status.state == S.STOPPING
         nb = await h.reach(handle, S.STOPPED)
         assert nb.status.info.code == codes.STOPPED_BY_USER
-        assert nb.status.url is None and nb.status.last_stopped_at
+        assert nb.status.endpoint is None and nb.status.last_stopped_at
         # rw volume and workspace pushed, ro never (I2)
         assert sorted(h.script.pushed) == ["push_volume:/workspace/out", "save_workspace"]
         assert nb.status.workspace.saved and nb.status.workspace.last_saved_at
