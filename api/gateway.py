@@ -127,7 +127,10 @@ class Gateway:
         route = Route(
             project, notebook_id, nb.spec.editor, nb.spec.unsecure_http, nb.status.state, upstream
         )
-        self._routes[key] = (time.monotonic() + ROUTE_TTL_S, route)
+        now = time.monotonic()
+        if len(self._routes) > 10_000:
+            self._routes = {k: v for k, v in self._routes.items() if v[0] > now}
+        self._routes[key] = (now + ROUTE_TTL_S, route)
         return route
 
     def forget(self, route: Route) -> None:

@@ -12,7 +12,9 @@ import asyncio
 import hmac
 import logging
 import socket
+import weakref
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import uvicorn
 from starlette.applications import Starlette
@@ -27,23 +29,31 @@ from domain.tokens import agent_token
 
 log = logging.getLogger("ainb.logs")
 _END = object()
+# A followed stream holds a thread for as long as it lasts: they get their own pool, so
+# they can never starve the agent's other work (reconciliation uses the default one).
+MAX_STREAMS = 64
 
 
-async def relay(stream: LogStream) -> AsyncIterator[bytes]:
+async def relay(stream: LogStream, pool: ThreadPoolExecutor, done) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
     iterator = iter(stream)
     try:
         while True:
-            chunk = await asyncio.to_thread(next, iterator, _END)
+            chunk = await loop.run_in_executor(pool, next, iterator, _END)
             if chunk is _END:
                 return
             if chunk:
                 yield chunk
     finally:
         stream.close()
+        done()
 
 
 def build_app(settings: Settings, runtime: ContainerRuntime) -> Starlette:
     expected = f"Bearer {agent_token(settings.token_secret.get_secret_value())}"
+    pool = ThreadPoolExecutor(MAX_STREAMS, thread_name_prefix="logs")
+    # Weak: a stream whose response never started is forgotten once collected.
+    live: weakref.WeakSet = weakref.WeakSet()
 
     async def logs(request: Request) -> Response:
         if not hmac.compare_digest(request.headers.get("authorization", ""), expected):
@@ -56,12 +66,22 @@ def build_app(settings: Settings, runtime: ContainerRuntime) -> Starlette:
         except ValueError:
             return PlainTextResponse("tail: an integer is needed", status_code=422)
         follow = request.query_params.get("follow", "") in ("1", "true")
-        stream = await asyncio.to_thread(runtime.log_stream, notebook_id, tail, follow)
+        if len(live) >= MAX_STREAMS - 1:
+            return PlainTextResponse(
+                f"this host already serves {len(live)} log streams; try again later",
+                status_code=503,
+            )
+        loop = asyncio.get_running_loop()
+        stream = await loop.run_in_executor(pool, runtime.log_stream, notebook_id, tail, follow)
         if stream is None:
             return PlainTextResponse(
                 f"no container of notebook {notebook_id} on this host", status_code=404
             )
-        return StreamingResponse(relay(stream), media_type="text/plain; charset=utf-8")
+        live.add(stream)
+        return StreamingResponse(
+            relay(stream, pool, lambda: live.discard(stream)),
+            media_type="text/plain; charset=utf-8",
+        )
 
     return Starlette(routes=[Route("/logs/{notebook_id}", logs)])
 
