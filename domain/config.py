@@ -112,8 +112,10 @@ class Settings(BaseSettings):
     token_secret: SecretStr = SecretStr("")
     # The API's address as people reach it: notebook URLs (the gateway) are built on it.
     public_url: str = "http://127.0.0.1:8000"
-    # API tokens by project: each opens that project's notebooks through the gateway.
+    # API tokens by project: each opens that project's notebooks through the gateway, and
+    # with require_api_token its REST routes too (off: the embedded default on loopback).
     api_tokens: dict[str, list[SecretStr]] = Field(default_factory=dict)
+    require_api_token: bool = False
 
     frameworks: dict[str, FrameworkEntry] = Field(default_factory=_default_frameworks)
     flavors: dict[str, Flavor] = Field(default_factory=_default_flavors)

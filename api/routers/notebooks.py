@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, Query, status
 from fastapi.responses import StreamingResponse
 
-from api.deps import Logs, Project, Service
+from api.deps import Logs, Project, Service, require_project_token
 from api.errors import ApiError
 from domain.messages import DataSyncRequest, LabelsRequest, PatchRequest
 from domain.spec import NotebookSpec
 from domain.states import NotebookState
 from domain.status import Notebook
 
-router = APIRouter(prefix="/v1/projects/{project}/notebooks", tags=["notebooks"])
+router = APIRouter(
+    prefix="/v1/projects/{project}/notebooks",
+    tags=["notebooks"],
+    dependencies=[Depends(require_project_token)],
+)
 
 
 def _labels(selectors: list[str]) -> dict[str, str]:

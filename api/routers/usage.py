@@ -7,10 +7,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from api.deps import Project
+from api.deps import Project, require_project_token
 from api.usage import NotebookUsage, ProjectUsage, UsageService
 
-router = APIRouter(prefix="/v1/projects/{project}", tags=["usage"])
+router = APIRouter(
+    prefix="/v1/projects/{project}",
+    tags=["usage"],
+    dependencies=[Depends(require_project_token)],
+)
 
 
 def get_usage(request: Request) -> UsageService:
