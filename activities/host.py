@@ -424,6 +424,7 @@ class HostActivities:
             memory_bytes=memory,
             gpus=spec.resources.gpu or 0,
             gpu_ids=gpu_ids,
+            editor=spec.editor.value,
         )
 
     def _free_port(self) -> int:

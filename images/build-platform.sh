@@ -8,12 +8,24 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 IMAGE="ainb/platform:dev"
 log() { printf '[build-platform] %s\n' "$*" >&2; }
 
-if [[ "${1:-}" != "--force" ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
-    log "$IMAGE exists (use --force to rebuild)"
+# The notebook images (each script skips what exists): the base image and JupyterLab,
+# VS Code when npm is here, then PyTorch on top of them.
+bash "$REPO/images/build.sh"
+if command -v npm >/dev/null 2>&1; then
+    bash "$REPO/images/build-vscode.sh"
+else
+    log "npm is missing: no VS Code image (apt-get install nodejs npm, then run this again)"
+fi
+bash "$REPO/images/build-pytorch.sh"
+
+# The platform image is rebuilt when the code or its dependencies change.
+source_hash=$(cd "$REPO" && find domain workflows activities worker api ledger cli pyproject.toml \
+    -name '*.py' -o -name pyproject.toml | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
+built_hash=$(docker image inspect -f '{{ index .Config.Labels "ainb.source" }}' "$IMAGE" 2>/dev/null || true)
+if [[ "${1:-}" != "--force" && "$built_hash" == "$source_hash" ]]; then
+    log "$IMAGE is up to date with the code (use --force to rebuild)"
     exit 0
 fi
-# The base image (and the notebook image) come from build.sh.
-bash "$REPO/images/build.sh"
 
 ctx="$(mktemp -d "${TMPDIR:-/var/tmp}/ainb-platform.XXXXXX")"
 trap 'rm -rf "$ctx"' EXIT
@@ -29,5 +41,5 @@ mapfile -t dep_list <<<"$deps"
 python3 -m pip download --quiet --disable-pip-version-check --python-version 3.11.2 \
     --only-binary=:all: -d "$ctx/wheels" "${dep_list[@]}"
 log "building $IMAGE"
-docker build --network host -t "$IMAGE" "$ctx"
+docker build --network host --label "ainb.source=$source_hash" -t "$IMAGE" "$ctx"
 docker image ls "$IMAGE"

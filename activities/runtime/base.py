@@ -42,6 +42,7 @@ class LaunchSpec:
     # The GPUs the fleet granted (device ids); the container gets exactly these.
     gpu_ids: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
+    editor: str = "jupyterlab"
 
 
 class LogStream(Protocol):

@@ -48,6 +48,11 @@ class LocalRuntime:
         return d, d / "editor.pid", d / "editor.exit", d / "editor.port"
 
     def editor_command(self, spec: LaunchSpec) -> list[str]:
+        if spec.editor != "jupyterlab":
+            raise ImageNotFound(
+                f"the local-process runtime runs JupyterLab only; a {spec.editor} notebook "
+                "needs a host with a Docker engine"
+            )
         if importlib.util.find_spec("jupyterlab") is None:
             raise ImageNotFound(
                 "the local-process runtime needs JupyterLab on the host: pip install -e '.[local]'"

@@ -91,3 +91,25 @@ def _answers(server: str) -> bool:
         return True
     except httpx.TransportError:
         return False
+
+
+def test_vscode_needs_a_docker_host(local_stack: Stack) -> None:
+    # Said at once, not after the editor's start timeout.
+    with httpx.Client(base_url=local_stack.api_url, timeout=60) as api:
+        base = "/v1/projects/local/notebooks"
+        r = api.post(
+            base,
+            json={
+                "name": "code",
+                "editor": "vscode",
+                "framework": {"id": "python"},
+                "resources": {"flavor": "ai1-1-cpu", "cpu": 1},
+            },
+        )
+        assert r.status_code == 201, r.text
+        path = f"{base}/{r.json()['id']}"
+        nb = _wait(api, path, "ERROR", timeout=30)
+        assert nb["status"]["info"]["code"] == "IMAGE_NOT_FOUND"
+        assert "JupyterLab only" in nb["status"]["info"]["message"]
+        assert api.delete(path).status_code == 202
+        _wait(api, path, "DELETED")
