@@ -225,6 +225,17 @@ class Stack:
         # committed transaction across a power loss; the fleet bench goes from 2.7 to
         # 4 notebook lifecycles a second with it.
         argv += ["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=full"]
+        # The dev server rereads search attributes from the database on every use unless
+        # this is given (so that ones added at run time show at once); ours are all
+        # registered at start. One task-queue partition: a single node gains nothing from
+        # four, and a task in a partition without a waiting poller is forwarded first.
+        # Together: 20 notebooks in flight go from ~3.8 to ~4.7 lifecycles a second.
+        for value in (
+            "system.forceSearchAttributesCacheRefreshOnRead=false",
+            "matching.numTaskqueueReadPartitions=1",
+            "matching.numTaskqueueWritePartitions=1",
+        ):
+            argv += ["--dynamic-config-value", value]
         for name, kind in sa.DEFINITIONS.items():
             argv += ["--search-attribute", f"{name}={kind}"]
         # The dev server also binds random free ports of its own (HTTP, metrics, internal
