@@ -158,9 +158,21 @@ class Gateway:
             for t in self._settings.api_tokens.get(route.project, [])
         )
 
+    async def admit(
+        self, conn: Request | WebSocket, project: str, notebook_id: str
+    ) -> tuple[Route, str, bool, bool]:
+        """(route, editor origin, authorized, set the cookie) for a request or WebSocket to
+        a notebook, or Refused: who may come in, and whether the editor serves now."""
+        route = await self.route(project, notebook_id)
+        authorized, remember = self.authorize(route, conn.query_params, conn.headers, conn.cookies)
+        return route, self.serving(route), authorized, remember
+
     def authorize(self, route: Route, query, headers, cookies) -> tuple[bool, bool]:
         """(authorized, set the cookie): explicit tokens must be valid; a stale cookie is
-        ignored; none at all passes through to the editor's own login."""
+        ignored; none at all passes through to the editor's own login. An unsecure_http
+        notebook needs none: nothing is checked or added."""
+        if route.unsecure_http:
+            return False, False
         explicit = query.get("token")
         scheme, _, value = headers.get("authorization", "").partition(" ")
         if explicit is None and scheme.lower() in ("token", "bearer") and value:
@@ -173,9 +185,8 @@ class Gateway:
         return bool(cookie and self._valid(route, cookie)), False
 
     def editor_credentials(self, route: Route) -> tuple[dict[str, str], dict[str, str]]:
-        """Headers and cookies that sign a request in to the editor itself."""
-        if route.unsecure_http:
-            return {}, {}
+        """Headers and cookies that sign a request in to the editor itself (only for a
+        request authorize() let in, so never for an unsecure_http notebook)."""
         token = self._service.editor_token(route.notebook_id)
         if route.editor is Editor.VSCODE:
             hashed = self._session_cookies.get(route.notebook_id)
@@ -310,13 +321,7 @@ async def forward(request: Request, project: str, notebook_id: str, path: str) -
     has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
     for attempt in (1, 2):
         try:
-            route = await gw.route(project, notebook_id)
-            authorized, remember = (
-                (False, False)
-                if route.unsecure_http
-                else gw.authorize(route, request.query_params, request.headers, request.cookies)
-            )
-            upstream = gw.serving(route)
+            route, upstream, authorized, remember = await gw.admit(request, project, notebook_id)
         except Refused as err:
             return _refusal(request.headers, err)
         url = upstream + route.upstream_path(_raw_path(request)) + _query(request, authorized)
@@ -339,13 +344,9 @@ async def forward(request: Request, project: str, notebook_id: str, path: str) -
             gw.forget(route)
             return _refusal(request.headers, _unanswered(notebook_id, err))
     headers = [
-        (k, v)
+        (k, gw.downstream_location(route, upstream, v) if k.lower() == "location" else v)
         for k, v in answer.headers.multi_items()
         if k.lower() not in HOP_BY_HOP or k.lower() == "content-length"
-    ]
-    headers = [
-        (k, gw.downstream_location(route, upstream, v) if k.lower() == "location" else v)
-        for k, v in headers
     ]
     response = StreamingResponse(
         answer.aiter_raw(), status_code=answer.status_code, background=BackgroundTask(answer.aclose)
@@ -368,13 +369,7 @@ async def forward_websocket(websocket: WebSocket, project: str, notebook_id: str
         await websocket.close(code=1008, reason="cross-origin WebSocket refused")
         return
     try:
-        route = await gw.route(project, notebook_id)
-        authorized, _ = (
-            (False, False)
-            if route.unsecure_http
-            else gw.authorize(route, websocket.query_params, websocket.headers, websocket.cookies)
-        )
-        upstream = gw.serving(route)
+        route, upstream, authorized, _ = await gw.admit(websocket, project, notebook_id)
     except Refused as err:
         await websocket.close(code=1008, reason=err.message[:120])
         return
