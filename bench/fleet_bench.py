@@ -5,13 +5,17 @@ Measures, for N notebooks (default 200):
     with C notebooks in flight at once (default 20);
   * the control plane's own share of time-to-RUNNING: from the create request until the
     host's runtime is asked to start the container (the simulated runtime logs that
-    moment), p50 and p99, one notebook at a time (no queueing behind other notebooks)
-    and under the concurrent run.
+    moment), p50 and p99, one notebook at a time (no queueing behind other notebooks),
+    under the concurrent run (closed loop: C clients, each starting its next notebook
+    as soon as the last one is STOPPED, which keeps the machine saturated), and at
+    fixed arrival rates (open loop, ``--rates``: notebooks are created on a schedule,
+    whatever the ones before are doing, as people would create them).
 
 Simulated hosts ("sim" runtime) start no real container, so what is measured is Temporal,
 the workflows, the fleet, the activities and the API: the control plane itself.
 
-    python bench/fleet_bench.py [--notebooks 200] [--concurrency 20] [--json out.json]
+    python bench/fleet_bench.py [--notebooks 200] [--concurrency 20] [--rates 1,2,3]
+                                [--json out.json]
 """
 
 from __future__ import annotations
@@ -104,6 +108,34 @@ class Bench:
             "overhead_mean_ms": 1000 * statistics.fmean(overhead) if overhead else float("nan"),
         }
 
+    def run_at_rate(self, n: int, rate: float) -> dict:
+        """Open loop: notebook i is created at i / rate seconds, however many are in flight."""
+        t0 = time.monotonic()
+        lags: list[float] = []
+        with ThreadPoolExecutor(256) as pool:
+            futures = []
+            for i in range(n):
+                due = t0 + i / rate
+                now = time.monotonic()
+                if due > now:
+                    time.sleep(due - now)
+                lags.append(max(0.0, time.monotonic() - due))
+                futures.append(pool.submit(self.one, i))
+            done = [f.result() for f in futures]
+        elapsed = time.monotonic() - t0
+        starts = self.starts()
+        overhead = [starts[nid] - sent for nid, sent in done if nid in starts]
+        return {
+            "notebooks": n,
+            "rate": rate,
+            "seconds": elapsed,
+            "notebooks_per_s": n / elapsed,
+            "schedule_lag_max_ms": 1000 * max(lags),
+            "overhead_p50_ms": 1000 * _percentile(overhead, 50),
+            "overhead_p99_ms": 1000 * _percentile(overhead, 99),
+            "overhead_mean_ms": 1000 * statistics.fmean(overhead) if overhead else float("nan"),
+        }
+
     def cleanup(self) -> None:
         ids = [n["id"] for n in self.api.get(self.base).json()]
         with ThreadPoolExecutor(20) as pool:
@@ -115,8 +147,19 @@ def main() -> None:
     parser.add_argument("--notebooks", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--sequential", type=int, default=50, help="notebooks one at a time")
+    parser.add_argument(
+        "--rates",
+        default="1,2,3",
+        help="open-loop runs: notebooks created per second (comma-separated; empty: none)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    try:
+        rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    except ValueError:
+        parser.error(f"--rates: not a comma-separated list of numbers: {args.rates!r}")
+    if any(r <= 0 for r in rates):
+        parser.error("--rates: every rate must be above 0")
 
     sim = {
         "AINB_HOST_CPUS": "64",
@@ -146,19 +189,34 @@ def main() -> None:
             print(f"{args.notebooks} notebooks, {args.concurrency} in flight...", flush=True)
             concurrent = bench.run(args.notebooks, args.concurrency)
             bench.cleanup()
+            open_loop = []
+            for rate in rates:
+                print(f"{args.notebooks} notebooks created at {rate:g}/s...", flush=True)
+                open_loop.append(bench.run_at_rate(args.notebooks, rate))
+                bench.cleanup()
         finally:
             stack.stop()
 
     print()
     print(f"{'run':<28}{'nb/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}")
-    for name, r in (("one at a time", sequential), (f"{args.concurrency} in flight", concurrent)):
+    rows = [("one at a time", sequential), (f"{args.concurrency} in flight", concurrent)]
+    rows += [(f"created at {r['rate']:g}/s", r) for r in open_loop]
+    for name, r in rows:
         print(
             f"{name:<28}{r['notebooks_per_s']:>8.2f}{r['overhead_p50_ms']:>9.0f}"
             f"{r['overhead_p99_ms']:>9.0f}{r['overhead_mean_ms']:>9.0f}"
         )
+    for r in open_loop:
+        if r["schedule_lag_max_ms"] > 100:
+            print(
+                f"note: at {r['rate']:g}/s creates left up to {r['schedule_lag_max_ms']:.0f} ms "
+                "late (the load generator fell behind)"
+            )
     print("\ntargets: control-plane share of time-to-RUNNING p50 < 300 ms, p99 < 1000 ms")
     if args.json:
-        args.json.write_text(json.dumps({"sequential": sequential, "concurrent": concurrent}))
+        args.json.write_text(
+            json.dumps({"sequential": sequential, "concurrent": concurrent, "open_loop": open_loop})
+        )
 
 
 if __name__ == "__main__":

@@ -19,15 +19,21 @@ Tools run back to back per case, in rotating order, on the same data.
 
 Usage::
 
-    python bench/sync_bench.py [--quick] [--json out.json] [--tools ours,s5cmd,rclone,aws]
+    python bench/sync_bench.py [--quick] [--repeat N] [--json out.json]
+                               [--tools ours,s5cmd,rclone,aws]
 
-``--quick`` scales down to 8 x 32 MiB and 2,000 files.
+``--quick`` scales down to 8 x 32 MiB and 2,000 files.  ``--repeat N`` runs every case N
+times (pushes of (a) and (b) into an emptied prefix again, pulls into an empty directory
+again, (d) with another 1% changed) and shows each tool's median run, with the range of
+``ours / fastest peer`` over the repetitions: on a shared machine one run per tool is
+not enough to tell a 10% difference from noise.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -73,6 +79,7 @@ class Result:
     ok: bool = True
     note: str = ""
     extra: dict = field(default_factory=dict)
+    rep: int = 0
 
 
 # --------------------------------------------------------------------------
@@ -277,6 +284,13 @@ class Tools:
 # --------------------------------------------------------------------------
 
 
+def empty_prefix(s3, prefix: str) -> None:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=BUCKET, Delete={"Objects": keys, "Quiet": True})
+
+
 def fmt_rate(case: str, seconds: float, files: int, nbytes: int) -> str:
     if seconds <= 0:
         return ""
@@ -287,6 +301,26 @@ def fmt_rate(case: str, seconds: float, files: int, nbytes: int) -> str:
     return ""
 
 
+def _median_run(runs: list[Result]) -> Result:
+    """The run with the median time (the upper one of an even count); peak memory is the
+    largest of all runs."""
+    ordered = sorted(runs, key=lambda r: r.seconds)
+    mid = dataclasses.replace(ordered[len(ordered) // 2])
+    mid.peak_mib = max(r.peak_mib for r in runs)
+    mid.ok = all(r.ok for r in runs)
+    return mid
+
+
+def _ratios_per_rep(runs: dict[str, list[Result]]) -> list[float]:
+    """ours / fastest peer within each repetition (same data, back to back)."""
+    out = []
+    for ours in runs.get("ours", []):
+        peers = [r.seconds for t in PEERS for r in runs.get(t, []) if r.rep == ours.rep and r.ok]
+        if ours.ok and peers:
+            out.append(round(ours.seconds / min(peers), 2))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="8 x 32 MiB and 2,000 files")
@@ -294,7 +328,16 @@ def main() -> int:
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--cases", default="a,b,c,d")
     ap.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every case this many times (tools in rotating order); the table shows "
+        "each tool's median",
+    )
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error("--repeat: must be at least 1")
     tools = [t for t in args.tools.split(",") if t]
     cases = set(args.cases.split(","))
     large_count, large_size = (8, 32 * MiB) if args.quick else (8, 256 * MiB)
@@ -328,11 +371,24 @@ def main() -> int:
             return tools[k:] + tools[:k]
 
         def run_case(
-            case: str, direction: str, dataset: str, order: list[str], files: int, nbytes: int
+            case: str,
+            direction: str,
+            dataset: str,
+            order: list[str],
+            files: int,
+            nbytes: int,
+            rep: int,
         ) -> None:
             for tool in order:
                 prefix = f"{tool}/{dataset}"
                 local = src_a if dataset == "a" else src_b
+                if rep and case in ("a", "b") and direction == "push":
+                    # Into an empty prefix again, from a directory with no sync records
+                    # (the state of the first repetition); not timed.
+                    empty_prefix(s3, f"{prefix}/")
+                    if tool == "ours":  # its manifests; no other tool keeps any
+                        for side in local.parent.glob(f".{local.name}.*"):
+                            side.unlink()
                 if direction == "pull":
                     local = work / "pulled" / tool / dataset
                     if case in ("a", "b"):
@@ -344,7 +400,7 @@ def main() -> int:
                 argv, env, cwd = tl.command(tool, direction, local, prefix)
                 os.sync()
                 secs, peak, rc = run_measured(argv, env, cwd)
-                r = Result(case, direction, tool, secs, peak, rc, files, nbytes)
+                r = Result(case, direction, tool, secs, peak, rc, files, nbytes, rep=rep)
                 r.rate = fmt_rate(case, secs, files, nbytes)
                 r.ok = rc == 0
                 if rc == 0 and direction == "pull" and case in ("a", "b"):
@@ -353,30 +409,33 @@ def main() -> int:
                         r.ok, r.note = False, f"pulled {got[0]} files/{got[1]} bytes"
                 results.append(r)
                 print(
-                    f"  {case} {direction:4s} {tool:7s} {secs:8.2f}s {r.rate:>14s} "
+                    f"  {rep} {case} {direction:4s} {tool:7s} {secs:8.2f}s {r.rate:>14s} "
                     f"{peak:7.0f} MiB {'' if r.ok else 'FAILED ' + r.note}",
                     flush=True,
                 )
 
         step = 0
-        if "a" in cases:
+        rng = random.Random(42)
+        for rep in range(args.repeat):
+            if "a" in cases:
+                for direction in ("push", "pull"):
+                    size = large_count * large_size
+                    run_case("a", direction, "a", rotate(step), large_count, size, rep)
+                    step += 1
             for direction in ("push", "pull"):
-                run_case("a", direction, "a", rotate(step), large_count, large_count * large_size)
+                size = small_count * small_size
+                run_case("b", direction, "b", rotate(step), small_count, size, rep)
                 step += 1
-        for direction in ("push", "pull"):
-            run_case("b", direction, "b", rotate(step), small_count, small_count * small_size)
-            step += 1
-        if "c" in cases:
-            for direction in ("push", "pull"):
-                run_case("c", direction, "b", rotate(step), 0, 0)
-                step += 1
-        if "d" in cases:
-            rng = random.Random(42)
-            for p in rng.sample(small_paths, changed):
-                p.write_bytes(os.urandom(small_size))
-            for direction in ("push", "pull"):
-                run_case("d", direction, "b", rotate(step), changed, changed * small_size)
-                step += 1
+            if "c" in cases:
+                for direction in ("push", "pull"):
+                    run_case("c", direction, "b", rotate(step), 0, 0, rep)
+                    step += 1
+            if "d" in cases:
+                for p in rng.sample(small_paths, changed):
+                    p.write_bytes(os.urandom(small_size))
+                for direction in ("push", "pull"):
+                    run_case("d", direction, "b", rotate(step), changed, changed * small_size, rep)
+                    step += 1
     finally:
         server.stop()
         if args.workdir is None:
@@ -392,9 +451,14 @@ def main() -> int:
     summary = []
     for case in ("a", "b", "c", "d"):
         for direction in ("push", "pull"):
-            row = {r.tool: r for r in results if r.case == case and r.direction == direction}
-            if not row:
+            runs: dict[str, list[Result]] = {}
+            for r in results:
+                if r.case == case and r.direction == direction:
+                    runs.setdefault(r.tool, []).append(r)
+            if not runs:
                 continue
+            # A tool's figure is its median run; one failed run fails the tool.
+            row = {t: _median_run(rs) for t, rs in runs.items()}
             cells = []
             for t in tools:
                 r = row.get(t)
@@ -407,17 +471,23 @@ def main() -> int:
             ratio = None
             if "ours" in row and row["ours"].ok and peers:
                 ratio = row["ours"].seconds / min(peers)
+            per_rep = _ratios_per_rep(runs)
+            spread = f" ({min(per_rep):.2f}-{max(per_rep):.2f})" if len(per_rep) > 1 else ""
             print(
                 f"{case:4s} {direction:4s} "
                 + " ".join(cells)
                 + (f" {ratio:>17.2f}x" if ratio is not None else f" {'-':>18s}")
+                + spread
             )
-            summary.append({"case": case, "direction": direction, "ratio": ratio})
+            summary.append(
+                {"case": case, "direction": direction, "ratio": ratio, "ratios_per_rep": per_rep}
+            )
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
                     "quick": args.quick,
+                    "repeat": args.repeat,
                     "tools": tools,
                     "flags": {t: FLAGS[t] for t in tools},
                     "results": [asdict(r) for r in results],
