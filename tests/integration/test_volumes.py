@@ -329,11 +329,12 @@ def test_storage_outage_while_stopping_keeps_retrying_then_saves_everything(
 def test_host_agent_killed_mid_pull_resumes_without_starting_over(
     notebooks: Notebooks, s3, stack: Stack, cleanup: list[str]
 ) -> None:
-    # 520 small files (sorted first), then 40 files of 16 MiB; the agent is killed while
-    # the large files are coming in. What the killed pull completed is skipped by the
+    # 520 small files (sorted first), then 96 files of 16 MiB; the agent is killed while
+    # the large files are coming in. (With 40, many transfers in flight could finish
+    # them all within one look of the loop below.) What the killed pull completed is skipped by the
     # next one, whether its manifest recorded it yet or not (then it is compared by ETag).
     small = {f"a/small-{i:03d}.txt": f"small file {i}\n".encode() * 64 for i in range(520)}
-    large_names = [f"b/part-{i:03d}.bin" for i in range(40)]
+    large_names = [f"b/part-{i:03d}.bin" for i in range(96)]
     large_size = 16 * MiB
     bucket = f"bigpull-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
@@ -390,7 +391,7 @@ def test_host_agent_killed_mid_pull_resumes_without_starting_over(
             len(recorded()),
             notebooks.get(nid).json()["status"],
         )
-        time.sleep(0.02)
+        time.sleep(0.005)
     stack.kill("host-agent")  # SIGKILL, in the middle of the large files
     large_at_kill = large_done()
     on_disk = complete()
