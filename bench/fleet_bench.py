@@ -95,18 +95,7 @@ class Bench:
         t0 = time.monotonic()
         with ThreadPoolExecutor(concurrency) as pool:
             done = list(pool.map(self.one, range(n)))
-        elapsed = time.monotonic() - t0
-        starts = self.starts()
-        overhead = [starts[nid] - sent for nid, sent in done if nid in starts]
-        return {
-            "notebooks": n,
-            "concurrency": concurrency,
-            "seconds": elapsed,
-            "notebooks_per_s": n / elapsed,
-            "overhead_p50_ms": 1000 * _percentile(overhead, 50),
-            "overhead_p99_ms": 1000 * _percentile(overhead, 99),
-            "overhead_mean_ms": 1000 * statistics.fmean(overhead) if overhead else float("nan"),
-        }
+        return {"concurrency": concurrency, **self._figures(done, time.monotonic() - t0)}
 
     def run_at_rate(self, n: int, rate: float) -> dict:
         """Open loop: notebook i is created at i / rate seconds, however many are in flight."""
@@ -122,15 +111,20 @@ class Bench:
                 lags.append(max(0.0, time.monotonic() - due))
                 futures.append(pool.submit(self.one, i))
             done = [f.result() for f in futures]
-        elapsed = time.monotonic() - t0
+        return {
+            "rate": rate,
+            "schedule_lag_max_ms": 1000 * max(lags),
+            **self._figures(done, time.monotonic() - t0),
+        }
+
+    def _figures(self, done: list[tuple[str, float]], elapsed: float) -> dict:
+        """Throughput and the control plane's share of time-to-RUNNING of one run."""
         starts = self.starts()
         overhead = [starts[nid] - sent for nid, sent in done if nid in starts]
         return {
-            "notebooks": n,
-            "rate": rate,
+            "notebooks": len(done),
             "seconds": elapsed,
-            "notebooks_per_s": n / elapsed,
-            "schedule_lag_max_ms": 1000 * max(lags),
+            "notebooks_per_s": len(done) / elapsed,
             "overhead_p50_ms": 1000 * _percentile(overhead, 50),
             "overhead_p99_ms": 1000 * _percentile(overhead, 99),
             "overhead_mean_ms": 1000 * statistics.fmean(overhead) if overhead else float("nan"),
