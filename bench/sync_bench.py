@@ -314,6 +314,25 @@ def clear_pulled(local: Path, trash: Path) -> None:
     local.parent.mkdir(parents=True, exist_ok=True)
 
 
+def run_order(tools: list[str], i: int) -> list[str]:
+    """The order of the tools in the ``i``-th run of a case: a Williams design.
+
+    Over ``len(tools)`` consecutive ``i`` (an even number of tools), each tool runs once
+    in each place and once right after each other tool. What a tool leaves behind (dirty
+    pages for the next ``os.sync()``, a busy disk) then falls on every tool alike; a
+    plain rotation kept the cyclic order, so ours always pulled right after aws-cli.
+    """
+    n = len(tools)
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    return [tools[(j + i) % n] for j in first]
+
+
 def fmt_rate(case: str, seconds: float, files: int, nbytes: int) -> str:
     if seconds <= 0:
         return ""
@@ -389,10 +408,6 @@ def main() -> int:
         small_paths = make_small(src_b, small_count, small_size)
         print(f"data sets made in {time.monotonic() - t0:.1f}s")
 
-        def rotate(i: int) -> list[str]:
-            k = i % len(tools)
-            return tools[k:] + tools[:k]
-
         def run_case(
             case: str,
             direction: str,
@@ -436,30 +451,34 @@ def main() -> int:
         step = 0
         rng = random.Random(42)
         for rep in range(args.repeat):
-            # A repetition has 8 steps, a multiple of the 4 tools: without one more step
-            # each tool would keep its place in every repetition (ours always pulled (a)
-            # right after aws-cli, whose 2 GiB of dirty pages the os.sync() before ours'
-            # run had to write).
-            if rep:
-                step += 1
             if "a" in cases:
                 for direction in ("push", "pull"):
                     size = large_count * large_size
-                    run_case("a", direction, "a", rotate(step), large_count, size, rep)
+                    run_case(
+                        "a", direction, "a", run_order(tools, step + rep), large_count, size, rep
+                    )
                     step += 1
             for direction in ("push", "pull"):
                 size = small_count * small_size
-                run_case("b", direction, "b", rotate(step), small_count, size, rep)
+                run_case("b", direction, "b", run_order(tools, step + rep), small_count, size, rep)
                 step += 1
             if "c" in cases:
                 for direction in ("push", "pull"):
-                    run_case("c", direction, "b", rotate(step), 0, 0, rep)
+                    run_case("c", direction, "b", run_order(tools, step + rep), 0, 0, rep)
                     step += 1
             if "d" in cases:
                 for p in rng.sample(small_paths, changed):
                     p.write_bytes(os.urandom(small_size))
                 for direction in ("push", "pull"):
-                    run_case("d", direction, "b", rotate(step), changed, changed * small_size, rep)
+                    run_case(
+                        "d",
+                        direction,
+                        "b",
+                        run_order(tools, step + rep),
+                        changed,
+                        changed * small_size,
+                        rep,
+                    )
                     step += 1
     finally:
         server.stop()

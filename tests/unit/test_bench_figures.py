@@ -43,3 +43,14 @@ def test_ratios_compare_runs_of_the_same_repetition(bench) -> None:
         "rclone": [_run(bench, "rclone", 8, 0), _run(bench, "rclone", 2, 1, ok=False)],
     }
     assert bench._ratios_per_rep(runs) == [0.8, 2.0]
+
+
+def test_each_tool_runs_in_each_place_and_after_each_other_tool(bench) -> None:
+    tools = ["ours", "s5cmd", "rclone", "aws"]
+    orders = [bench.run_order(tools, i) for i in range(10, 14)]  # any four in a row
+    for order in orders:
+        assert sorted(order) == sorted(tools)
+    for place in range(4):
+        assert {o[place] for o in orders} == set(tools)
+    follows = [(o[k], o[k + 1]) for o in orders for k in range(3)]
+    assert sorted(follows) == sorted((a, b) for a in tools for b in tools if a != b)
