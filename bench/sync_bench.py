@@ -15,7 +15,7 @@ Each run is a child process; time is wall-clock, peak memory is the larger of
 the command's max RSS (GNU ``time -f %M``: wait4's ru_maxrss, the largest
 process of its tree) and the peak of the summed RSS of the process tree
 sampled with psutil every 50 ms.
-Tools run back to back per case, in rotating order, on the same data.
+Tools run back to back per case, in a changing order (``run_order``), on the same data.
 
 Usage::
 
@@ -408,15 +408,16 @@ def main() -> int:
         small_paths = make_small(src_b, small_count, small_size)
         print(f"data sets made in {time.monotonic() - t0:.1f}s")
 
+        step = 0
+
         def run_case(
-            case: str,
-            direction: str,
-            dataset: str,
-            order: list[str],
-            files: int,
-            nbytes: int,
-            rep: int,
+            case: str, direction: str, dataset: str, files: int, nbytes: int, rep: int
         ) -> None:
+            nonlocal step
+            # "+ rep": a repetition has 8 steps, a multiple of the 4 tools, and would
+            # otherwise give each case the same order every time
+            order = run_order(tools, step + rep)
+            step += 1
             for tool in order:
                 prefix = f"{tool}/{dataset}"
                 local = src_a if dataset == "a" else src_b
@@ -448,38 +449,21 @@ def main() -> int:
                     flush=True,
                 )
 
-        step = 0
         rng = random.Random(42)
         for rep in range(args.repeat):
             if "a" in cases:
                 for direction in ("push", "pull"):
-                    size = large_count * large_size
-                    run_case(
-                        "a", direction, "a", run_order(tools, step + rep), large_count, size, rep
-                    )
-                    step += 1
+                    run_case("a", direction, "a", large_count, large_count * large_size, rep)
             for direction in ("push", "pull"):
-                size = small_count * small_size
-                run_case("b", direction, "b", run_order(tools, step + rep), small_count, size, rep)
-                step += 1
+                run_case("b", direction, "b", small_count, small_count * small_size, rep)
             if "c" in cases:
                 for direction in ("push", "pull"):
-                    run_case("c", direction, "b", run_order(tools, step + rep), 0, 0, rep)
-                    step += 1
+                    run_case("c", direction, "b", 0, 0, rep)
             if "d" in cases:
                 for p in rng.sample(small_paths, changed):
                     p.write_bytes(os.urandom(small_size))
                 for direction in ("push", "pull"):
-                    run_case(
-                        "d",
-                        direction,
-                        "b",
-                        run_order(tools, step + rep),
-                        changed,
-                        changed * small_size,
-                        rep,
-                    )
-                    step += 1
+                    run_case("d", direction, "b", changed, changed * small_size, rep)
     finally:
         server.stop()
         shutil.rmtree(work / "trash", ignore_errors=True)
