@@ -331,8 +331,9 @@ def test_host_agent_killed_mid_pull_resumes_without_starting_over(
 ) -> None:
     # 520 small files (sorted first), then 96 files of 16 MiB; the agent is killed while
     # the large files are coming in. (With 40, many transfers in flight could finish
-    # them all within one look of the loop below.) What the killed pull completed is skipped by the
-    # next one, whether its manifest recorded it yet or not (then it is compared by ETag).
+    # them all within one look of the loop below.) What the killed pull completed is
+    # skipped by the next one, whether its manifest recorded it yet or not (then it is
+    # compared by ETag).
     small = {f"a/small-{i:03d}.txt": f"small file {i}\n".encode() * 64 for i in range(520)}
     large_names = [f"b/part-{i:03d}.bin" for i in range(96)]
     large_size = 16 * MiB
