@@ -11,8 +11,8 @@ import asyncio
 import dataclasses
 import functools
 import os
+import re
 import shutil
-import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,10 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.paths import NotebookPaths, notebooks_dir
+from activities.runtime import editor_socket
 from activities.runtime.base import (
     ContainerRuntime,
     ImageNotFound,
@@ -32,6 +33,7 @@ from activities.runtime.base import (
     RuntimeUnavailable,
 )
 from activities.storage import sync
+from activities.storage.beneath import Tree, chown_tree, count_files, move_entry
 from activities.storage.clients import S3Clients, ensure_bucket
 from activities.storage.errors import (
     StorageAccessError,
@@ -43,7 +45,7 @@ from activities.storage.volume_cache import VolumeCache
 from domain import activity_names as A
 from domain import codes
 from domain.config import Settings
-from domain.gateway import editor_base_path, home_path
+from domain.gateway import EDITOR_SOCKET, GATEWAY_ROOT
 from domain.messages import (
     LaunchInput,
     LaunchResult,
@@ -57,11 +59,13 @@ from domain.messages import (
     WatchResult,
     WorkspaceSyncInput,
 )
-from domain.spec import WORKSPACE, Permission
+from domain.spec import WORKSPACE, Permission, env_problem
 from domain.status import SyncProgress, SyncState
+from domain.storage_policy import volume_refusal
 from domain.tokens import editor_token
 
 POLL_S = 1.0
+_LEGACY_PREFIX = re.compile("^" + re.escape(GATEWAY_ROOT) + "/[^/]+/[^/]+")
 
 
 @dataclasses.dataclass
@@ -73,16 +77,35 @@ class _NotedStats(sync.SyncStats):
 PRESERVED_DIR = ".ainb-preserved"
 
 
-def _move_tree_contents(src: Path, dest: Path) -> int:
-    """Move every run directory of a preserved area under ``dest``; count the files."""
+def _move_tree_contents(src: Path, root: Path, rel: str) -> int:
+    """Move every run directory of a preserved area to ``root/rel``; count the files.
+
+    ``src`` (next to a synced tree, in the notebook's directory) and ``root`` (the
+    workspace directory itself) are ours, but what is below ``root`` is the notebook's and
+    live: ``rel`` is created and reached beneath ``root`` without following any symlink,
+    and each run directory is moved by a rename between directory descriptors (a copy
+    and a removal across file systems). A symlink planted on the way raises ``ELOOP``
+    (or ``ENOTDIR``, ``ENOENT``) with the runs not yet moved left in ``src``; nothing lands
+    outside the workspace."""
     moved = 0
-    for run in sorted(src.iterdir()):
-        target = dest / run.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            target = target.with_name(f"{run.name}-{os.getpid()}")
-        moved += sum(len(files) for _, _, files in os.walk(run))
-        shutil.move(run, target)  # a rename: both are in the notebook's directory
+    with Tree(src) as area, Tree(root) as workspace:
+        with os.scandir(area.fd) as entries:
+            runs = sorted(e.name for e in entries)
+        dest = workspace.makedirs_fd(rel)
+        try:
+            for run in runs:
+                target = run
+                for suffix in (f"-{os.getpid()}", f"-{os.getpid()}-{os.urandom(3).hex()}"):
+                    try:
+                        os.stat(target, dir_fd=dest, follow_symlinks=False)
+                    except FileNotFoundError:
+                        break
+                    target = run + suffix
+                files = count_files(area.fd, run)
+                move_entry(area.fd, run, dest, target)
+                moved += files
+        finally:
+            os.close(dest)
     shutil.rmtree(src, ignore_errors=True)
     return moved
 
@@ -91,32 +114,17 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class NotebookPaths:
-    """Where a notebook's data lives on this host."""
-
-    def __init__(self, root: Path, notebook_id: str) -> None:
-        self.root = root / notebook_id
-        self.workspace = self.root / "workspace"
-        self.volumes = self.root / "volumes"
-
-    def volume(self, index: int) -> Path:
-        return self.volumes / str(index)
-
-
 class HostActivities:
     def __init__(self, settings: Settings, runtime: ContainerRuntime) -> None:
         self._settings = settings
         self._runtime = runtime
         self._s3 = S3Clients(settings)
-        self._notebooks_dir = (
-            settings.data_dir / "hosts" / settings.host_name / "notebooks"
-        ).resolve()
+        self._notebooks_dir = notebooks_dir(settings.data_dir, settings.host_name)
         self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="host-activity")
         self._cache = VolumeCache(
             (settings.data_dir / "hosts" / settings.host_name / "cache").resolve(),
             settings.volume_cache_ttl_s,
         )
-        self._port_lock = threading.Lock()
 
     def activities(self) -> list[Callable[..., Any]]:
         return [
@@ -217,9 +225,22 @@ class HostActivities:
         source = f"{v.bucket}@{v.alias}" + (f"/{v.prefix}" if v.prefix else "")
         return f"volume {v.mount_path} ({source})"
 
+    def _allowed(self, inp: VolumeSyncInput, what: str) -> None:
+        """The API checked the storage rules at create; they are checked again here, where
+        the data moves (for a spec stored before a rule changed, or an input from
+        anywhere else)."""
+        refusal = volume_refusal(self._settings, inp.ref.project, inp.volume)
+        if refusal is not None:
+            raise ApplicationError(
+                f"{what}: refused by rule {refusal.rule}: {refusal.message}",
+                type=codes.DATA_SYNC_FAILED,
+                non_retryable=True,
+            )
+
     @activity.defn(name=A.PULL_VOLUME)
     async def pull_volume(self, inp: VolumeSyncInput) -> SyncResult:
         what = self._describe(inp)
+        self._allowed(inp, what)
         s3 = self._volume_client(inp.volume.alias, what)
         local = self.paths(inp.ref.notebook_id).volume(inp.index)
         local.mkdir(parents=True, exist_ok=True)
@@ -233,9 +254,11 @@ class HostActivities:
             result = await self._sync("pull", what, run)
         finally:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._cache.evict)
-        return await self._rescue_preserved(
+        result = await self._rescue_preserved(
             inp.ref.notebook_id, local, inp.volume.relative_mount, result
         )
+        await self._hand_over(inp.ref.notebook_id, local)
+        return result
 
     async def _rescue_preserved(
         self, notebook_id: str, local: Path, label: str, result: SyncResult
@@ -246,14 +269,27 @@ class HostActivities:
         area = local.parent / f".{local.name}.preserved"
         if not area.is_dir():
             return result
-        dest = self.paths(notebook_id).workspace / PRESERVED_DIR / label
-        moved = await self._blocking(_move_tree_contents, area, dest)
-        if not moved:
-            return result
-        note = (
-            f"{moved} local file(s) changed both here and in storage were moved to "
-            f"/workspace/{PRESERVED_DIR}/{label} before the stored version replaced them"
-        )
+        workspace = self.paths(notebook_id).workspace
+        try:
+            moved = await self._blocking(
+                _move_tree_contents, area, workspace, f"{PRESERVED_DIR}/{label}"
+            )
+        except OSError as err:
+            # e.g. the notebook made /workspace/.ainb-preserved a symlink (ELOOP): nothing
+            # was written through it; the files not moved stay in the host's preserved area
+            # (the next pull of this tree tries again) and the sync itself succeeded
+            activity.logger.warning("cannot move preserved files of %s: %s", label, err)
+            note = (
+                f"local file(s) changed both here and in storage could not be moved to "
+                f"/workspace/{PRESERVED_DIR}/{label} ({err.strerror}); they are kept on the host"
+            )
+        else:
+            if not moved:
+                return result
+            note = (
+                f"{moved} local file(s) changed both here and in storage were moved to "
+                f"/workspace/{PRESERVED_DIR}/{label} before the stored version replaced them"
+            )
         progress = result.progress
         message = f"{progress.message}; {note}" if progress.message else note
         return SyncResult(progress=progress.model_copy(update={"message": message}))
@@ -301,6 +337,7 @@ class HostActivities:
     @activity.defn(name=A.PUSH_VOLUME)
     async def push_volume(self, inp: VolumeSyncInput) -> SyncResult:
         what = self._describe(inp)
+        self._allowed(inp, what)
         s3 = self._volume_client(inp.volume.alias, what)
         local = self.paths(inp.ref.notebook_id).volume(inp.index)
         if not local.is_dir():
@@ -330,7 +367,9 @@ class HostActivities:
                 sync.pull, self._s3.platform(), inp.bucket, inp.prefix, local, delete=True
             ),
         )
-        return await self._rescue_preserved(inp.ref.notebook_id, local, "workspace", result)
+        result = await self._rescue_preserved(inp.ref.notebook_id, local, "workspace", result)
+        await self._hand_over(inp.ref.notebook_id, local)
+        return result
 
     @activity.defn(name=A.SAVE_WORKSPACE)
     async def save_workspace(self, inp: WorkspaceSyncInput) -> SyncResult:
@@ -366,14 +405,14 @@ class HostActivities:
 
     # -------------------------------------------------------------- container
 
-    def _launch_spec(self, inp: LaunchInput, port: int) -> LaunchSpec:
+    def _launch_spec(self, inp: LaunchInput) -> LaunchSpec:
         spec = inp.spec
         paths = self.paths(inp.ref.notebook_id)
-        paths.workspace.mkdir(parents=True, exist_ok=True)
         mounts = [Mount(source=paths.workspace, target=WORKSPACE)]
+        trees = [paths.workspace, paths.run]
         for index, volume in enumerate(spec.volumes):
             source = paths.volume(index)
-            source.mkdir(parents=True, exist_ok=True)
+            trees.append(source)
             mounts.append(
                 Mount(
                     source=source,
@@ -388,6 +427,11 @@ class HostActivities:
                 type=codes.LAUNCH_FAILED,
                 non_retryable=True,
             )
+        if problem := env_problem(spec.env_vars):
+            raise ApplicationError(
+                f"env_vars: {problem[1]}", type=codes.SPEC_REFUSED, non_retryable=True
+            )
+        self._prepare(paths, trees)
         alloc = inp.allocation
         units = spec.resources.units
         cpus = alloc.cpus if alloc else units * flavor.cpu_per_unit
@@ -405,59 +449,62 @@ class HostActivities:
         )
         env = {
             **spec.env_vars,
-            "AINB_EDITOR_HOST": self._settings.host_address,
-            "AINB_EDITOR_PORT": str(port),
+            "AINB_EDITOR_SOCKET": EDITOR_SOCKET,
             "AINB_EDITOR_TOKEN": token,
-            "AINB_BASE_URL": editor_base_path(spec.editor, inp.ref.project, inp.ref.notebook_id),
+            "AINB_BASE_URL": "/",
             "AINB_NOTEBOOK_ID": inp.ref.notebook_id,
             "AINB_PROJECT": inp.ref.project,
         }
+        s = self._settings
         return LaunchSpec(
             notebook_id=inp.ref.notebook_id,
             project=inp.ref.project,
             image=inp.image,
-            port=port,
             env=env,
             mounts=mounts,
             workspace=paths.workspace,
+            run_dir=paths.run,
             cpus=cpus,
             memory_bytes=memory,
             gpus=spec.resources.gpu or 0,
             gpu_ids=gpu_ids,
             editor=spec.editor.value,
+            network=s.notebook_network,
+            user=f"{s.editor_uid}:{s.editor_gid}",
         )
 
-    def _free_port(self) -> int:
-        """The first port from editor_port_start that no editor was given and nothing
-        listens on. An editor binds its port a few seconds after its container starts, so
-        a bind test alone would hand the same port to two notebooks started together."""
-        taken = self._runtime.ports_in_use()
-        port = self._settings.editor_port_start
-        while port < 65535:
-            if port in taken:
-                port += 1
-                continue
-            with socket.socket() as s:
-                try:
-                    s.bind((self._settings.host_address, port))
-                    return port
-                except OSError:
-                    port += 1
-        raise ApplicationError("no free port for the editor", type=codes.LAUNCH_FAILED)
+    def _prepare(self, paths: NotebookPaths, trees: list[Path]) -> None:
+        """The notebook's directory is root's and closed to others; the trees bound into
+        the container are its user's (their contents were handed over by each pull)."""
+        paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(paths.root, 0o700)
+        for tree in trees:
+            tree.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.lchown(tree, self._settings.editor_uid, self._settings.editor_gid)
+        # A socket left by an earlier run must not answer for the new editor.
+        paths.editor_socket.unlink(missing_ok=True)
+
+    async def _hand_over(self, notebook_id: str, tree: Path) -> None:
+        """Files a pull wrote (as root) become the notebook user's, and so does what the
+        pull moved aside into the workspace: the editor can change them without any
+        capability. Never follows a link the notebook planted."""
+        uid, gid = self._settings.editor_uid, self._settings.editor_gid
+        for path in (tree, self.paths(notebook_id).workspace / PRESERVED_DIR):
+            if path.is_dir() and not path.is_symlink():
+                await self._blocking(chown_tree, path, uid, gid)
 
     def _launch(self, inp: LaunchInput) -> LaunchResult:
-        with self._port_lock:
-            existing = self._runtime.poll(inp.ref.notebook_id)
-            if existing is not None and existing.running and existing.port:
-                port = existing.port
-            else:
-                port = self._free_port()
-            state = self._runtime.start(self._launch_spec(inp, port))
+        existing = self._runtime.poll(inp.ref.notebook_id)
+        if existing is not None and existing.running:
+            state = existing  # a retried launch: the first attempt's container serves
+        else:
+            state = self._runtime.start(self._launch_spec(inp))
         return LaunchResult(
             container=state.name,
-            url=f"http://{self._settings.host_address}:{state.port or port}"
-            + home_path(inp.spec.editor, inp.ref.project, inp.ref.notebook_id),
-            port=state.port or port,
+            # For operators: where the editor answers on this host (only the host agent
+            # connects there; the gateway goes through the agent's tunnel).
+            url=f"unix:{self.paths(inp.ref.notebook_id).editor_socket}",
+            port=0,
             started_at=_now(),
         )
 
@@ -476,34 +523,33 @@ class HostActivities:
     async def wait_editor_ready(self, inp: ReadyInput) -> None:
         if not self._runtime.serves_http:
             return  # a simulated host: its editor is "up" once its record exists
-        url = f"http://{self._settings.host_address}:{inp.port}{inp.path}"
+        sock = self.paths(inp.ref.notebook_id).editor_socket
+        # Histories from before notebooks had their own origin name the path under the
+        # old gateway prefix; the editor now serves at its root.
+        path = "/" + _LEGACY_PREFIX.sub("", inp.path).lstrip("/")
         deadline = asyncio.get_running_loop().time() + inp.timeout_s
-        async with httpx.AsyncClient(timeout=2.0) as http:
-            while True:
-                activity.heartbeat()
-                try:
-                    # Any HTTP answer means the editor serves; 403 is a protected one.
-                    response = await http.get(url)
-                    if response.status_code in (200, 403):
-                        return
-                except httpx.TransportError:
-                    pass
-                state = await self._blocking(self._runtime.poll, inp.ref.notebook_id)
-                if state is None or not state.running:
-                    logs = await self._blocking(self._runtime.logs, inp.ref.notebook_id, 20)
-                    code = state.exit_code if state else None
-                    raise ApplicationError(
-                        f"the editor exited while starting (exit code {code}); last output:\n{logs}",
-                        type=codes.exit_code(code) if code else codes.EDITOR_NOT_READY,
-                        non_retryable=True,
-                    )
-                if asyncio.get_running_loop().time() > deadline:
-                    raise ApplicationError(
-                        f"the editor did not answer within {inp.timeout_s:.0f}s",
-                        type=codes.EDITOR_NOT_READY,
-                        non_retryable=True,
-                    )
-                await asyncio.sleep(0.2)
+        while True:
+            activity.heartbeat()
+            # One open() until the editor has made its socket; then one request per try.
+            # Any HTTP answer means the editor serves; 403 is a protected one.
+            if await self._blocking(editor_socket.probe, sock, path) in (200, 403):
+                return
+            state = await self._blocking(self._runtime.poll, inp.ref.notebook_id)
+            if state is None or not state.running:
+                logs = await self._blocking(self._runtime.logs, inp.ref.notebook_id, 20)
+                code = state.exit_code if state else None
+                raise ApplicationError(
+                    f"the editor exited while starting (exit code {code}); last output:\n{logs}",
+                    type=codes.exit_code(code) if code else codes.EDITOR_NOT_READY,
+                    non_retryable=True,
+                )
+            if asyncio.get_running_loop().time() > deadline:
+                raise ApplicationError(
+                    f"the editor did not answer within {inp.timeout_s:.0f}s",
+                    type=codes.EDITOR_NOT_READY,
+                    non_retryable=True,
+                )
+            await asyncio.sleep(0.1)
 
     @activity.defn(name=A.WATCH_CONTAINER)
     async def watch_container(self, inp: WatchInput) -> WatchResult:

@@ -1,10 +1,12 @@
-"""Checks of a spec against what the operator offers: the 422s that pydantic cannot know."""
+"""Checks of a spec against what the operator offers and allows: the 422s that pydantic
+cannot know, and the 403s of the storage aliases' rules."""
 
 from __future__ import annotations
 
 from api.errors import ApiError
 from domain.config import Settings
-from domain.spec import NotebookSpec
+from domain.spec import NotebookSpec, env_problem
+from domain.storage_policy import volume_refusal
 
 
 def _unprocessable(field: str, message: str) -> ApiError:
@@ -72,7 +74,9 @@ def check_resources(settings: Settings, spec: NotebookSpec) -> None:
         )
 
 
-def check_volumes(settings: Settings, spec: NotebookSpec) -> None:
+def check_volumes(settings: Settings, spec: NotebookSpec, project: str) -> None:
+    """Every volume's alias exists (else 422) and lets the project mount it (else 403
+    naming the volume, the alias, the bucket and the rule: domain/storage_policy.py)."""
     for index, volume in enumerate(spec.volumes):
         if volume.alias not in settings.storage_aliases:
             known = ", ".join(sorted(settings.storage_aliases)) or "none"
@@ -80,11 +84,35 @@ def check_volumes(settings: Settings, spec: NotebookSpec) -> None:
                 f"volumes[{index}].alias",
                 f"unknown storage alias {volume.alias!r}; configured: {known}",
             )
+    for index, volume in enumerate(spec.volumes):
+        refusal = volume_refusal(settings, project, volume)
+        if refusal is not None:
+            field = f"volumes[{index}]"
+            raise ApiError(
+                403,
+                f"{field}: storage refused by rule {refusal.rule}: {refusal.message}",
+                field=field,
+                details=refusal.details(),
+            )
 
 
-def validate(settings: Settings, spec: NotebookSpec) -> tuple[NotebookSpec, str]:
+def check_env(spec: NotebookSpec) -> None:
+    """The reserved environment and the bounds of env_vars (domain.spec.env_problem)."""
+    problem = env_problem(spec.env_vars)
+    if problem is not None:
+        variable, message = problem
+        raise ApiError(
+            422,
+            f"env_vars: {message}",
+            field="env_vars",
+            details={"variable": variable} if variable else None,
+        )
+
+
+def validate(settings: Settings, spec: NotebookSpec, project: str) -> tuple[NotebookSpec, str]:
     check_resources(settings, spec)
-    check_volumes(settings, spec)
+    check_env(spec)
+    check_volumes(settings, spec, project)
     return resolve_image(settings, spec)
 
 

@@ -10,11 +10,21 @@ from fastapi.responses import JSONResponse
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        field: str | None = None,
+        details: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
+        # More named facts of the refusal (a storage 403: alias, bucket, prefix, rule), in
+        # the body beside "field" and in its "errors" entry.
+        self.details = details or {}
 
 
 def _field(loc: tuple | list) -> str:
@@ -32,7 +42,8 @@ def install(app: FastAPI) -> None:
         body: dict = {"error": err.message}
         if err.field:
             body["field"] = err.field
-            body["errors"] = [{"field": err.field, "message": err.message}]
+            body["errors"] = [{"field": err.field, "message": err.message, **err.details}]
+        body.update({k: v for k, v in err.details.items() if k not in body})
         return JSONResponse(status_code=err.status, content=body)
 
     @app.exception_handler(Exception)

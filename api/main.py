@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
 
-from api import errors, gateway
+from api import errors, gateway_routes
 from api.client import services
 from api.gateway import Gateway
 from api.logs import LogService
@@ -23,6 +25,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The gateway and the log proxy check tokens derived from it: none, no server.
+        settings.require_token_secret()
         # The same services as the Python client (api/client.py): one code path.
         svc = services(await connect(settings), settings)
         app.state.settings = settings
@@ -30,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.fleet = svc.fleet
         app.state.service = svc.notebooks
         app.state.usage = svc.usage
-        app.state.gateway = Gateway(svc.notebooks, settings)
+        app.state.gateway = Gateway(svc.notebooks, settings, svc.fleet, svc.client)
         app.state.logs = LogService(svc.notebooks, svc.fleet, settings)
         try:
             yield
@@ -50,13 +54,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(fleet.router)
     app.include_router(capabilities.router)
-    app.include_router(gateway.router)
+    app.include_router(gateway_routes.router)
+    # Outermost: a notebook's origin is the gateway's whatever the path, never the API's.
+    app.add_middleware(gateway_routes.NotebookOrigins)
     return app
 
 
+_TOKEN_IN_QUERY = re.compile(r"(?i)((?:^|[?&])token=)[^&#\s]*")
+
+
+class RedactTokens(logging.Filter):
+    """Access logs name each request's path and query: a `?token=` there is a credential
+    (a notebook link's), so it is written as `token=***`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3:
+            args = list(record.args)
+            if isinstance(args[2], str) and "token=" in args[2].lower():
+                args[2] = _TOKEN_IN_QUERY.sub(r"\1***", args[2])
+                record.args = tuple(args)
+        return True
+
+
 def main() -> None:
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    settings = Settings.load()
+    settings.require_token_secret()  # before anything listens: a clear message, exit 1
     uvicorn.run(
-        create_app(),
+        create_app(settings),
         host=os.environ.get("AINB_API_HOST", "127.0.0.1"),
         port=int(os.environ.get("AINB_API_PORT", "8000")),
         log_level="info",

@@ -59,6 +59,7 @@ class NotebookService:
         self._client = client
         self._settings = settings
         self._fleet = fleet
+        self._origins = settings.notebook_origin_pattern
 
     def _tuning(self) -> Tuning:
         s = self._settings
@@ -79,9 +80,7 @@ class NotebookService:
         status = notebook.status
         url = None
         if status.endpoint:
-            url = notebook_url(
-                self._settings.public_url, notebook.spec.editor, notebook.project, notebook.id
-            )
+            url = notebook_url(self._origins, notebook.spec.editor, notebook.id)
             if not notebook.spec.unsecure_http:
                 url += f"?token={self.editor_token(notebook.id)}"
         if url != status.url:
@@ -110,7 +109,7 @@ class NotebookService:
         return self._client.get_workflow_handle(workflow_id(project, notebook_id))
 
     async def create(self, project: str, spec: NotebookSpec) -> Notebook:
-        spec, image = catalog.validate(self._settings, spec)
+        spec, image = catalog.validate(self._settings, spec, project)
         catalog.check_timeout(self._settings, spec.timeout)
         await self._fleet.check_project_quota(project, spec.resources.gpu or 0)
         inp = NotebookInput(
@@ -138,6 +137,7 @@ class NotebookService:
                     SearchAttributePair(sa.LABELS, sa.label_terms(spec.labels)),
                     SearchAttributePair(sa.EDITOR, spec.editor.value),
                     SearchAttributePair(sa.FLAVOR, spec.resources.flavor),
+                    SearchAttributePair(sa.ID, inp.notebook_id),
                 ]
             ),
             static_summary=f"{spec.name} ({project}): {spec.framework.id} {spec.framework.version} "

@@ -23,6 +23,9 @@ EDITOR_NOT_READY = "EDITOR_NOT_READY"
 LAUNCH_FAILED = "LAUNCH_FAILED"
 QUOTA_EXCEEDED = "QUOTA_EXCEEDED"  # the project's quota: FAILED
 NO_CAPACITY = "NO_CAPACITY"  # no host can ever fit the request: FAILED
+# The spec asks for what the rules forbid (a reserved variable, storage its project may not
+# use), caught on the host for a spec stored before the rule: FAILED
+SPEC_REFUSED = "SPEC_REFUSED"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 
 # Informational codes while a phase is under way.
@@ -30,7 +33,7 @@ QUEUED = "QUEUED"
 SYNC_RETRYING = "SYNC_RETRYING"
 
 # Failures that make the notebook FAILED (the user's doing) rather than ERROR (ours).
-USER_FAILURES = frozenset({DATA_SYNC_FAILED, QUOTA_EXCEEDED, NO_CAPACITY})
+USER_FAILURES = frozenset({DATA_SYNC_FAILED, QUOTA_EXCEEDED, NO_CAPACITY, SPEC_REFUSED})
 
 
 def is_user_failure(code: str | None) -> bool:

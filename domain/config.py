@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +23,40 @@ class StorageAlias(BaseModel):
     region: str = "us-east-1"
     access_key: SecretStr
     secret_key: SecretStr
+    # Who may mount what through this alias (domain/storage_policy.py applies them at
+    # create and again in the host activities that pull and push a volume). Unset: no
+    # restriction, as before these existed. Whatever they say, the platform bucket
+    # (workspace_bucket) is never mountable through any alias.
+    # Projects allowed to use the alias: names or shell-style patterns ("team-*").
+    # None: every project; []: none.
+    projects: list[str] | None = None
+    # Buckets a volume may name: names or shell-style patterns, "{project}" standing for
+    # the notebook's project ("{project}-*", "shared-data"). None: any bucket.
+    buckets: list[str] | None = None
+    # Every mounted prefix must lie under this one, matched on whole path segments, with
+    # "{project}" substituted: "projects/{project}/" lets project demo mount
+    # "projects/demo" and "projects/demo/train", not "projects/demo2" nor "". None: any.
+    prefix: str | None = None
+
+    @field_validator("projects", "buckets")
+    @classmethod
+    def _patterns(cls, value: list[str] | None) -> list[str] | None:
+        for pattern in value or []:
+            if not pattern or not pattern.strip():
+                raise ValueError("patterns must not be empty")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = value.strip("/").split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise ValueError(
+                f"prefix {value!r} must be a plain key prefix such as 'projects/{{project}}/'"
+            )
+        return value
 
 
 class Flavor(BaseModel):
@@ -102,16 +137,35 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "docker", "local", "sim"] = "auto"
     # Port of this host agent's log endpoint (0: any free one; it is reported to the fleet).
     host_logs_port: int = 0
-    # First port tried for editors on this host (host networking: one port per notebook).
-    editor_port_start: int = 18800
+    # Port of this host agent's editor tunnel, through which the gateway reaches the editors
+    # it runs (0: any free one; reported to the fleet).
+    host_editor_port: int = 0
+    # The Docker network notebook containers get: "none" (a namespace of their own with no
+    # route anywhere; the editor is reached through a Unix socket), or the name of a network
+    # the operator made for the notebooks' egress, from which no platform address is
+    # reachable (see the README's security section).
+    notebook_network: str = "none"
+    # Host networking puts a notebook's code beside every platform port on the host. Refused
+    # unless this is set; the host agent warns at every start while it is.
+    unsafe_notebooks_share_host_network: bool = False
+    # The unprivileged user the editors and everything they start run as (the images' user).
+    editor_uid: int = 1000
+    editor_gid: int = 1000
 
     storage_aliases: dict[str, StorageAlias] = Field(default_factory=dict)
     platform_alias: str = "local"
     workspace_bucket: str = "ainb-workspaces"
 
+    # Derives editor and host-agent tokens (domain/tokens.py). Empty is allowed here, so that
+    # tools and tests can build Settings; every server process calls require_token_secret()
+    # at start and refuses to run without one (the embedded stack generates it).
     token_secret: SecretStr = SecretStr("")
-    # The API's address as people reach it: notebook URLs (the gateway) are built on it.
+    # The API's address as people reach it.
     public_url: str = "http://127.0.0.1:8000"
+    # Each notebook's own origin, `{id}` in its host (production: a wildcard DNS name such
+    # as "https://{id}.nb.example.com"). Empty: public_url's host with "{id}." in front,
+    # "localhost" for a loopback address ("http://{id}.localhost:8000").
+    notebook_origin: str = ""
     # API tokens by project: each opens that project's notebooks through the gateway, and
     # with require_api_token its REST routes too (off: the embedded default on loopback).
     api_tokens: dict[str, list[SecretStr]] = Field(default_factory=dict)
@@ -170,6 +224,12 @@ class Settings(BaseSettings):
         return cls.model_validate({**file_values, **env_values})
 
     @property
+    def notebook_origin_pattern(self) -> str:
+        from domain.gateway import origin_pattern
+
+        return origin_pattern(self.public_url, self.notebook_origin)
+
+    @property
     def ledger_file(self) -> Path:
         return self.ledger_path or self.data_dir / "ledger.sqlite"
 
@@ -209,3 +269,32 @@ class Settings(BaseSettings):
         except KeyError:
             known = ", ".join(sorted(self.storage_aliases)) or "none"
             raise KeyError(f"unknown storage alias {alias!r} (configured: {known})") from None
+
+    @field_validator("host_name")
+    @classmethod
+    def _host_name(cls, value: str) -> str:
+        # It becomes a path component (data_dir/hosts/<host_name>/...) and a task queue name.
+        if not _HOST_NAME.match(value):
+            raise ValueError(
+                f"host_name {value!r} must be 1-63 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit (it names the host's directory and task queue)"
+            )
+        return value
+
+    def require_token_secret(self) -> None:
+        """For servers (API, control worker, host agent) at start: without a secret every
+        editor and agent token would be derivable by anyone. Raises SystemExit."""
+        value = self.token_secret.get_secret_value().strip()
+        if len(value) < MIN_TOKEN_SECRET_CHARS:
+            problem = "is not set" if not value else "is too short"
+            raise SystemExit(
+                f"ainb: token_secret {problem}: it must be at least {MIN_TOKEN_SECRET_CHARS} "
+                "random characters. Set AINB_TOKEN_SECRET or token_secret in the AINB_CONFIG "
+                "file (for example: python -c 'import secrets; print(secrets.token_urlsafe(32))'); "
+                "the embedded stack (ainb-stack) generates one in its data directory."
+            )
+
+
+# A host name: a path component and part of a task queue name, never '.', '..' or a '/'.
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+MIN_TOKEN_SECRET_CHARS = 16

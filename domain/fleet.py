@@ -43,6 +43,9 @@ class HostInventory(BaseModel):
     flavors: list[str] = Field(default_factory=list)  # flavors the operator lets it run
     # Where the API reads this host's container output (worker/log_server.py).
     logs_url: str = ""
+    # host:port of the agent's editor tunnel, the gateway's only way to an editor
+    # (worker/editor_tunnel.py).
+    editor_tunnel: str = ""
 
 
 class HostState(BaseModel):

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from domain.billing import PeriodUsage, UsageRecord
 from domain.fleet import Allocation, CapacityRequest, FlavorSpec, FleetState, HostInventory, Quotas
+from domain.ids import valid_notebook_id, valid_project
 from domain.spec import NotebookSpec, Volume, check_labels
 from domain.status import NotebookStatus, SyncProgress
 
@@ -70,7 +71,37 @@ class Carry(BaseModel):
     allocation: Allocation | None = None
 
 
-class NotebookInput(BaseModel):
+def _check_project(value: str) -> str:
+    if not valid_project(value):
+        raise ValueError(f"not a project name: {value!r}")
+    return value
+
+
+def _check_notebook_id(value: str) -> str:
+    if not valid_notebook_id(value):
+        raise ValueError(f"not a notebook id: {value!r}")
+    return value
+
+
+class _Ids(BaseModel):
+    """Ids become paths, container names and S3 keys: checked wherever a workflow or an
+    activity takes them in, not only at the API (valid ids, as every stored one is, pass)."""
+
+    project: str
+    notebook_id: str
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, value: str) -> str:
+        return _check_project(value)
+
+    @field_validator("notebook_id")
+    @classmethod
+    def _notebook_id(cls, value: str) -> str:
+        return _check_notebook_id(value)
+
+
+class NotebookInput(_Ids):
     project: str
     notebook_id: str
     spec: NotebookSpec
@@ -119,7 +150,7 @@ class LabelsRequest(BaseModel):
         return check_labels(labels)
 
 
-class NotebookRef(BaseModel):
+class NotebookRef(_Ids):
     project: str
     notebook_id: str
 

@@ -9,6 +9,8 @@ HOST = SearchAttributeKey.for_keyword("NotebookHost")
 LABELS = SearchAttributeKey.for_keyword_list("NotebookLabels")
 EDITOR = SearchAttributeKey.for_keyword("NotebookEditor")
 FLAVOR = SearchAttributeKey.for_keyword("NotebookFlavor")
+# Set at creation: the gateway finds a notebook's project from the id in its origin.
+ID = SearchAttributeKey.for_keyword("NotebookId")
 
 # name=type pairs for `temporal server start-dev --search-attribute`.
 DEFINITIONS = {
@@ -19,6 +21,7 @@ DEFINITIONS = {
     "NotebookLabels": "KeywordList",
     "NotebookEditor": "Keyword",
     "NotebookFlavor": "Keyword",
+    "NotebookId": "Keyword",
 }
 
 

@@ -19,7 +19,52 @@ _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9._/:-]{0,63}$")
 # Variables the platform sets for the editor: a user must not be able to override them.
+# (Checked by NotebookSpec itself; the rest of the reserved environment below is checked by
+# env_problem at the API and at launch, not by the model, so that specs stored before a
+# name was reserved still load from workflow histories.)
 RESERVED_ENV_PREFIX = "AINB_"
+
+# The environment a notebook's env_vars may not set, in one place. Compared without regard
+# to case. A notebook runs hostile code, but these are read before any of it runs: by the
+# container runtime, the images' entrypoints (images/*/ainb-editor), the editors, or the
+# dynamic loader of every process, so setting them would break or bypass what the
+# platform relies on (GPU isolation, the editor's authentication and listen address, its
+# directories outside /workspace, the offline gallery), not only the user's own code.
+RESERVED_ENV_PREFIXES: dict[str, str] = {
+    "AINB_": "the platform's contract with the editor (port, token, base URL, ids)",
+    "NVIDIA_": "read by the NVIDIA container runtime: which GPUs and driver features",
+    "JUPYTER_": "JupyterLab's token and its config, data and runtime directories",
+    "VSCODE_": "read by code-server and VS Code's server",
+    "CODE_SERVER_": "read by code-server",
+    "LD_": "the dynamic loader (LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT): hijacks every process",
+    "XDG_": "where code-server keeps its state, outside /workspace",
+    "TINI_": "read by tini, the containers' init process",
+}
+RESERVED_ENV_NAMES: dict[str, str] = {
+    "CUDA_VISIBLE_DEVICES": "the GPUs the platform granted",
+    "PASSWORD": "code-server's password: the notebook's token",
+    "HASHED_PASSWORD": "code-server's password: the notebook's token",
+    "EXTENSIONS_GALLERY": "code-server's gallery, switched off by the image",
+    "HOME": "set by the image and the entrypoint, outside /workspace",
+    "PATH": "the image's interpreter and tools",
+    "SHELL": "set by the image (code-server's terminals)",
+    "USER": "set by the image: the user the editors run as",
+    "VIRTUAL_ENV": "the image's Python environment",
+    "IPYTHONDIR": "IPython's directory, outside /workspace",
+    "PYTHONHOME": "moves the interpreter's standard library: the editor cannot start",
+    "PYTHONPLATLIBDIR": "moves the interpreter's standard library: the editor cannot start",
+    "NODE_OPTIONS": "code-server's node (--require, --inspect opens a debugger port)",
+    "GCONV_PATH": "loads code into every process that converts characters",
+    "GLIBC_TUNABLES": "changes the C library of every process",
+    "BASH_ENV": "run by the bash entrypoint before it starts the editor",
+    "ENV": "run by shells at start",
+    "SHELLOPTS": "changes how the bash entrypoint runs",
+    "BASHOPTS": "changes how the bash entrypoint runs",
+}
+# Bounds of env_vars: how many, and their total size (name, '=', value and a NUL each, in
+# UTF-8 bytes, as they take room in the container's environment).
+MAX_ENV_VARS = 64
+MAX_ENV_BYTES = 32 * 1024
 
 
 class Editor(StrEnum):
@@ -204,6 +249,44 @@ class NotebookSpec(_Strict):
     @classmethod
     def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
         return check_labels(labels)
+
+
+def reserved_env_reason(name: str) -> str | None:
+    """Why ``name`` is reserved (see RESERVED_ENV_NAMES and _PREFIXES), or None."""
+    upper = name.upper()
+    if upper in RESERVED_ENV_NAMES:
+        return RESERVED_ENV_NAMES[upper]
+    for prefix, reason in RESERVED_ENV_PREFIXES.items():
+        if upper.startswith(prefix):
+            return f"names starting with {prefix} are reserved: {reason}"
+    return None
+
+
+def env_problem(env: dict[str, str]) -> tuple[str | None, str] | None:
+    """The first thing wrong with a notebook's env_vars, as (variable or None, message),
+    or None when they may be set: valid names, no NUL, nothing reserved, within bounds."""
+    if len(env) > MAX_ENV_VARS:
+        return None, f"at most {MAX_ENV_VARS} variables, got {len(env)}"
+    total = 0
+    for name, value in env.items():
+        if not _ENV_KEY.fullmatch(name):
+            return name, (
+                f"{name!r} is not a valid environment variable name "
+                "(letters, digits and '_', not starting with a digit)"
+            )
+        if "\x00" in value:
+            return name, f"value of {name!r} must not contain NUL"
+        reason = reserved_env_reason(name)
+        if reason is not None:
+            return name, f"{name!r} is reserved ({reason})"
+        try:
+            size = len(value.encode())
+        except UnicodeEncodeError:  # a lone surrogate, which JSON can carry
+            return name, f"value of {name!r} must be valid Unicode text"
+        total += len(name) + size + 2
+    if total > MAX_ENV_BYTES:
+        return None, f"at most {MAX_ENV_BYTES} bytes of variables in all, got {total}"
+    return None
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:

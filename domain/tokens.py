@@ -3,10 +3,12 @@ value from a secret both are configured with, so no token ever enters workflow h
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 
 
+@functools.lru_cache(maxsize=65536)  # the gateway asks on every request of every editor
 def editor_token(secret: str, notebook_id: str) -> str:
     digest = hmac.new(secret.encode(), f"editor:{notebook_id}".encode(), hashlib.sha256)
     return digest.hexdigest()[:40]
@@ -15,4 +17,10 @@ def editor_token(secret: str, notebook_id: str) -> str:
 def agent_token(secret: str) -> str:
     """What the API shows a host agent to read its containers' logs."""
     digest = hmac.new(secret.encode(), b"agent-logs", hashlib.sha256)
+    return digest.hexdigest()
+
+
+def tunnel_token(secret: str) -> str:
+    """What the gateway shows a host agent to reach the editors it runs."""
+    digest = hmac.new(secret.encode(), b"agent-editor-tunnel", hashlib.sha256)
     return digest.hexdigest()

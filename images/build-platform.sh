@@ -8,8 +8,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 IMAGE="ainb/platform:dev"
 log() { printf '[build-platform] %s\n' "$*" >&2; }
 
-# The notebook images (each script skips what exists): the base image and JupyterLab,
-# VS Code when npm is here, then PyTorch on top of them.
+# The notebook images (each script rebuilds only what is out of date with its inputs):
+# the base image and JupyterLab, VS Code when npm is here, then PyTorch on top of them.
 bash "$REPO/images/build.sh"
 if command -v npm >/dev/null 2>&1; then
     bash "$REPO/images/build-vscode.sh"

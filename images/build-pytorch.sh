@@ -7,7 +7,10 @@
 # wheel through the machine's pip configuration), then served to `docker build`
 # over loopback HTTP and installed offline.
 #
-# Idempotent: an image that exists is kept unless --force; an editor image that is
+# Idempotent: each image carries the label ainb.inputs, a hash of what it is built
+# from (images/pytorch/Dockerfile, the requirements, the tag and the id of its editor
+# image); it is rebuilt only when that hash differs (so a rebuilt editor image means a
+# rebuilt PyTorch image) or it is missing, or with --force. An editor image that is
 # missing is skipped with a message.
 #
 # Usage: images/build-pytorch.sh [--force]
@@ -22,21 +25,41 @@ TAG=2.13
 WHEEL_DIR="${AINB_TORCH_WHEELS:-$REPO/.cache/wheels/pytorch}"
 EDITORS=("jupyterlab=ainb/jupyterlab-python:3.11" "vscode=ainb/vscode-python:3.11")
 
+DOCKERFILE="$REPO/images/pytorch/Dockerfile"
+INPUTS_LABEL=ainb.inputs
+
 log() { printf '[build-pytorch.sh] %s\n' "$*" >&2; }
 FORCE=0
 [[ "${1:-}" == --force ]] && FORCE=1
+
+# A hash of everything an image is built from (inputs_hash EDITOR_IMAGE).
+inputs_hash() {
+    {
+        printf 'spec=%s\ntag=%s\neditor=%s\nDockerfile %s\n' "$TORCH_SPEC" "$TAG" \
+            "$(docker image inspect -f '{{.Id}}' "$1")" "$(sha256sum <"$DOCKERFILE" | cut -d' ' -f1)"
+    } | sha256sum | cut -c1-16
+}
+built_hash() {
+    docker image inspect -f "{{ index .Config.Labels \"$INPUTS_LABEL\" }}" "$1" 2>/dev/null || true
+}
 
 todo=()
 for pair in "${EDITORS[@]}"; do
     editor="${pair%%=*}" base="${pair#*=}"
     target="ainb/pytorch-$editor:$TAG"
-    if docker image inspect "$target" >/dev/null 2>&1 && ((FORCE == 0)); then
-        log "$target already exists (pass --force to rebuild)"
-    elif ! docker image inspect "$base" >/dev/null 2>&1; then
+    if ! docker image inspect "$base" >/dev/null 2>&1; then
         log "skipping $target: its editor image $base is missing"
-    else
-        todo+=("$pair")
+        continue
     fi
+    want_hash="$(inputs_hash "$base")"
+    have_hash="$(built_hash "$target")"
+    if [[ "$have_hash" == "$want_hash" ]] && ((FORCE == 0)); then
+        log "$target is up to date ($INPUTS_LABEL=$want_hash; pass --force to rebuild)"
+        continue
+    elif docker image inspect "$target" >/dev/null 2>&1 && [[ "$have_hash" != "$want_hash" ]]; then
+        log "$target was built from other inputs ($INPUTS_LABEL '${have_hash:-none}', now $want_hash): rebuilding"
+    fi
+    todo+=("$pair")
 done
 ((${#todo[@]})) || exit 0
 
@@ -70,11 +93,20 @@ for pair in "${todo[@]}"; do
     editor="${pair%%=*}" base="${pair#*=}"
     target="ainb/pytorch-$editor:$TAG"
     start=$SECONDS
-    log "building $target from $base"
+    hash="$(inputs_hash "$base")"
+    old_id="$(docker image inspect -f '{{.Id}}' "$target" 2>/dev/null || true)"
+    log "building $target from $base ($INPUTS_LABEL=$hash)"
     DOCKER_BUILDKIT=0 docker build --network host --pull=false -q -t "$target" \
         --build-arg EDITOR_IMAGE="$base" \
         --build-arg WHEELS_URL="http://127.0.0.1:$port/" \
         --build-arg TORCH_SPEC="$TORCH_SPEC" \
+        --label "$INPUTS_LABEL=$hash" \
         "$REPO/images/pytorch" >/dev/null
+    new_id="$(docker image inspect -f '{{.Id}}' "$target")"
+    if [[ -n "$old_id" && "$old_id" != "$new_id" ]]; then
+        docker image rm "$old_id" >/dev/null 2>&1 || true # ok if a container still uses it
+    fi
+    [[ "$(docker run --rm --network none --entrypoint id "$target" -u)" == 1000 ]] \
+        || { log "ERROR: $target does not run as uid 1000"; exit 1; }
     log "$target built in $((SECONDS - start)) s"
 done

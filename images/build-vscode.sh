@@ -13,10 +13,14 @@
 #      g++/make from the Debian mirror and compiles the native node modules
 #      against the local node headers, the final stage copies the results.
 #
-# Idempotent: does nothing if ainb/vscode-python:3.11 exists, unless --force.
+# Idempotent: the image carries the label ainb.inputs, a hash of what it is built
+# from (Dockerfile, ainb-editor, user-settings.json, the versions below except the
+# mirror, the arch and the id of ainb-base:bookworm); it is rebuilt only when that
+# hash differs from the one of the files and settings here (or it is missing), or
+# with --force.
 #
 # Usage: images/build-vscode.sh [--force]
-#   --force   rebuild ainb/vscode-python:3.11 even if it exists (the base image
+#   --force   rebuild ainb/vscode-python:3.11 even if it is up to date (the base image
 #             and the download cache are still reused; remove .cache/vscode to
 #             download again).
 # Environment (all optional):
@@ -77,6 +81,28 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+INPUTS_LABEL=ainb.inputs
+
+# A hash of everything the image is built from; stamped on it as $INPUTS_LABEL.
+inputs_hash() {
+    local f
+    {
+        printf 'code-server=%s\nnode=%s\nnpm=%s\nripgrep=%s\nipykernel=%s\npython=%s\nglibc=2.%s\narch=%s\nbase=%s\n' \
+            "$CODE_SERVER_VERSION" "$NODE_VERSION" "$NPM_VERSION" "$RIPGREP_SPEC" "$IPYKERNEL_SPEC" \
+            "$TARGET_PYTHON" "$TARGET_GLIBC_MINOR" "$(uname -m)" \
+            "$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || true)"
+        for f in "${IMAGE_FILES[@]}"; do
+            printf '%s %s\n' "$f" "$(sha256sum <"$IMAGE_DIR/$f" | cut -d' ' -f1)"
+        done
+    } | sha256sum | cut -c1-16
+}
+built_hash() {
+    docker image inspect -f "{{ index .Config.Labels \"$INPUTS_LABEL\" }}" "$1" 2>/dev/null || true
+}
+files_present() {
+    local f
+    for f in "${IMAGE_FILES[@]}"; do [[ -f "$IMAGE_DIR/$f" ]] || return 1; done
+}
 
 # --- preflight: say clearly what is missing ---------------------------------------
 missing=()
@@ -85,9 +111,14 @@ if ! command -v docker >/dev/null 2>&1; then
 elif ! docker_err="$(docker info 2>&1 >/dev/null)"; then
     missing+=("Docker engine not answering ('docker info' failed: $(printf '%s' "$docker_err" | grep -v '^$' | tail -n 1))")
 else
-    if image_exists "$IMAGE" && [[ $FORCE -eq 0 ]]; then
-        log "$IMAGE already exists; nothing to do (pass --force to rebuild)."
-        exit 0
+    if image_exists "$IMAGE" && files_present; then
+        want_hash="$(inputs_hash)" have_hash="$(built_hash "$IMAGE")"
+        if [[ "$have_hash" == "$want_hash" && $FORCE -eq 0 ]]; then
+            log "$IMAGE is up to date ($INPUTS_LABEL=$want_hash); nothing to do (pass --force to rebuild)."
+            exit 0
+        elif [[ "$have_hash" != "$want_hash" ]]; then
+            log "$IMAGE was built from other inputs ($INPUTS_LABEL '${have_hash:-none}', now $want_hash): rebuilding"
+        fi
     fi
     image_exists "$BASE_IMAGE" \
         || missing+=("$BASE_IMAGE not found (images/build.sh creates it)")
@@ -259,8 +290,9 @@ ensure_stage
 
 # --- 3. the image ----------------------------------------------------------------
 build_image() {
-    local ctx start old_id new_id mirror
+    local ctx start old_id new_id mirror hash
     start=$SECONDS
+    hash="$(inputs_hash)"
     mirror="$(detect_mirror)"
     old_id="$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
     ctx="$(mktemp -d "$TMP_PARENT/ainb-vscode-context.XXXXXX")"
@@ -269,7 +301,7 @@ build_image() {
     # Hard links where possible (same filesystem), a copy otherwise.
     cp -al "$STAGE"/{code-server,node,npm,wheels} "$ctx/" 2>/dev/null \
         || { rm -rf "${ctx:?}"/{code-server,node,npm,wheels}; cp -a "$STAGE"/{code-server,node,npm,wheels} "$ctx/"; }
-    log "building $IMAGE (Debian mirror for the builder stage: $mirror)"
+    log "building $IMAGE ($INPUTS_LABEL=$hash; Debian mirror for the builder stage: $mirror)"
     # The classic builder is enough (no BuildKit features are used) and needs no
     # buildx plugin; host networking because the engine may run without a bridge
     # (only apt-get in the builder stage uses the network).
@@ -277,6 +309,7 @@ build_image() {
         --build-arg "BASE_IMAGE=$BASE_IMAGE" \
         --build-arg "DEBIAN_MIRROR=$mirror" \
         --build-arg "CODE_SERVER_VERSION=$CODE_SERVER_VERSION" \
+        --label "$INPUTS_LABEL=$hash" \
         -t "$IMAGE" "$ctx"
     rm -rf --one-file-system "$ctx"
     # The builder stage (compilers, sources) is not needed afterwards.
@@ -289,6 +322,8 @@ build_image() {
     docker run --rm --network none --entrypoint /usr/local/bin/code-server "$IMAGE" --version >&2
     docker run --rm --network none --entrypoint /opt/ainb/venv/bin/python "$IMAGE" \
         -c 'import ipykernel, sys; print("python", sys.version.split()[0], "ipykernel", ipykernel.__version__)' >&2
+    [[ "$(docker run --rm --network none --entrypoint id "$IMAGE" -u)" == 1000 ]] \
+        || die "$IMAGE does not run as uid 1000"
     log "$IMAGE built in $((SECONDS - start)) s ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}'))"
 }
 build_image

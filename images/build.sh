@@ -7,11 +7,15 @@
 #      $REPO/.cache/wheels/jupyterlab (reused if present and complete);
 #   3. `docker build` of images/jupyterlab/Dockerfile, installing the wheels offline.
 #
-# Idempotent: does nothing if ainb/jupyterlab-python:3.11 exists, unless --force.
+# Idempotent: the image carries the label ainb.inputs, a hash of what it is built
+# from (Dockerfile, ainb-editor, overrides.json, the JupyterLab spec, the target
+# python/glibc/arch and the id of ainb-base:bookworm); it is rebuilt only when that
+# hash differs from the one of the files and settings here (or it is missing), or
+# with --force.
 #
 # Usage: images/build.sh [--force]
-#   --force   rebuild ainb/jupyterlab-python:3.11 even if it exists (the base image
-#             and the wheel cache are still reused; `docker rmi ainb-base:bookworm`
+#   --force   rebuild ainb/jupyterlab-python:3.11 even if it is up to date (the base
+#             image and the wheel cache are still reused; `docker rmi ainb-base:bookworm`
 #             or removing .cache/wheels/jupyterlab forces those too).
 # Environment (all optional):
 #   AINB_JUPYTERLAB_SPEC  pip requirement to install      (default jupyterlab==4.6.6)
@@ -73,6 +77,28 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+IMAGE_FILES=(Dockerfile ainb-editor overrides.json)
+INPUTS_LABEL=ainb.inputs
+
+# A hash of everything the image is built from; stamped on it as $INPUTS_LABEL.
+inputs_hash() {
+    local f
+    {
+        printf 'spec=%s\npython=%s\nglibc=2.%s\narch=%s\nbase=%s\n' "$JUPYTERLAB_SPEC" \
+            "$TARGET_PYTHON" "$TARGET_GLIBC_MINOR" "$(uname -m)" \
+            "$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || true)"
+        for f in "${IMAGE_FILES[@]}"; do
+            printf '%s %s\n' "$f" "$(sha256sum <"$IMAGE_DIR/$f" | cut -d' ' -f1)"
+        done
+    } | sha256sum | cut -c1-16
+}
+built_hash() {
+    docker image inspect -f "{{ index .Config.Labels \"$INPUTS_LABEL\" }}" "$1" 2>/dev/null || true
+}
+files_present() {
+    local f
+    for f in "${IMAGE_FILES[@]}"; do [[ -f "$IMAGE_DIR/$f" ]] || return 1; done
+}
 
 show_images() {
     log "images now present:"
@@ -87,10 +113,15 @@ elif ! docker_err="$(docker info 2>&1 >/dev/null)"; then
     missing+=("Docker engine not answering ('docker info' failed: $(printf '%s' "$docker_err" | grep -v '^$' | tail -n 1)). Start it, e.g.: mkdir -p /var/log/ainb && nohup dockerd --bridge=none --iptables=false >/var/log/ainb/dockerd.log 2>&1 &")
 fi
 if [[ ${#missing[@]} -eq 0 ]]; then
-    if image_exists "$IMAGE" && [[ $FORCE -eq 0 ]]; then
-        log "$IMAGE already exists; nothing to do (pass --force to rebuild)."
-        show_images
-        exit 0
+    if image_exists "$IMAGE" && files_present; then
+        want_hash="$(inputs_hash)" have_hash="$(built_hash "$IMAGE")"
+        if [[ "$have_hash" == "$want_hash" && $FORCE -eq 0 ]]; then
+            log "$IMAGE is up to date ($INPUTS_LABEL=$want_hash); nothing to do (pass --force to rebuild)."
+            show_images
+            exit 0
+        elif [[ "$have_hash" != "$want_hash" ]]; then
+            log "$IMAGE was built from other inputs ($INPUTS_LABEL '${have_hash:-none}', now $want_hash): rebuilding"
+        fi
     fi
     need_base=0
     image_exists "$BASE_IMAGE" || need_base=1
@@ -103,7 +134,7 @@ if [[ $need_base -eq 1 ]]; then
     [[ "$(id -u)" -eq 0 ]] \
         || missing+=("not running as root, needed by debootstrap to create $BASE_IMAGE (run with sudo)")
 fi
-[[ -f "$IMAGE_DIR/Dockerfile" && -f "$IMAGE_DIR/ainb-editor" && -f "$IMAGE_DIR/overrides.json" ]] \
+files_present \
     || missing+=("build files missing under $IMAGE_DIR (Dockerfile, ainb-editor, overrides.json)")
 if [[ ${#missing[@]} -gt 0 ]]; then
     printf '[build.sh] ERROR: cannot build %s, missing:\n' "$IMAGE" >&2
@@ -249,20 +280,22 @@ ensure_wheels
 
 # --- 3. the image ----------------------------------------------------------------
 build_image() {
-    local ctx start old_id new_id
+    local ctx start old_id new_id hash
     start=$SECONDS
+    hash="$(inputs_hash)"
     old_id="$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
     ctx="$(mktemp -d "$TMP_PARENT/ainb-context.XXXXXX")"
     TMP_DIRS+=("$ctx")
-    cp "$IMAGE_DIR/Dockerfile" "$IMAGE_DIR/ainb-editor" "$IMAGE_DIR/overrides.json" "$ctx/"
+    cp "${IMAGE_FILES[@]/#/$IMAGE_DIR/}" "$ctx/"
     mkdir "$ctx/wheels"
     cp -l "$WHEEL_DIR"/*.whl "$ctx/wheels/" 2>/dev/null || cp "$WHEEL_DIR"/*.whl "$ctx/wheels/"
-    log "building $IMAGE"
+    log "building $IMAGE ($INPUTS_LABEL=$hash)"
     # The classic builder is enough (no BuildKit features are used) and needs no
     # buildx plugin; host networking because the engine may run without a bridge.
     DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build --network host --pull=false \
         --build-arg "BASE_IMAGE=$BASE_IMAGE" \
         --build-arg "JUPYTERLAB_SPEC=$JUPYTERLAB_SPEC" \
+        --label "$INPUTS_LABEL=$hash" \
         -t "$IMAGE" "$ctx"
     remove_tree "$ctx"
     # The builder stage (wheels + a copy of the venv) is not needed afterwards.
@@ -273,6 +306,8 @@ build_image() {
     fi
     log "smoke test: jupyter lab --version in $IMAGE"
     docker run --rm --network none --entrypoint /opt/ainb/venv/bin/jupyter "$IMAGE" lab --version >&2
+    [[ "$(docker run --rm --network none --entrypoint id "$IMAGE" -u)" == 1000 ]] \
+        || die "$IMAGE does not run as uid 1000"
     log "$IMAGE built in $((SECONDS - start)) s"
 }
 build_image

@@ -24,7 +24,7 @@ docker_answers() { docker info >/dev/null 2>&1; }
 
 if command -v dockerd >/dev/null 2>&1 && ! docker_answers; then
     if [[ "$(id -u)" == 0 ]]; then
-        log "starting dockerd (no bridge, no iptables: containers use host networking)"
+        log "starting dockerd (no bridge, no iptables: notebook containers get no network)"
         mkdir -p .ainb
         setsid nohup dockerd --bridge=none --iptables=false >.ainb/dockerd.log 2>&1 </dev/null &
         for _ in $(seq 1 60); do docker_answers && break; sleep 0.5; done

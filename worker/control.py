@@ -49,6 +49,7 @@ async def ensure_fleet(client: Client, settings: Settings) -> None:
 
 async def amain() -> None:
     settings = Settings.load()
+    settings.require_token_secret()
     client = await connect(settings)
     worker = build_worker(client, settings)
     # The worker must run for the fleet to take the configure update.

@@ -16,6 +16,7 @@ from activities.runtime.sim_runtime import SimRuntime
 from domain.config import Settings
 from domain.ids import host_task_queue
 from worker.connect import connect
+from worker.editor_tunnel import EditorTunnel
 from worker.log_server import LogServer
 from worker.presence import Presence
 from worker.run import run_until_signalled, setup_logging
@@ -23,14 +24,49 @@ from worker.run import run_until_signalled, setup_logging
 log = logging.getLogger("ainb.host")
 
 
+class UnsafeSettings(SystemExit):
+    pass
+
+
+def check_isolation(settings: Settings) -> None:
+    """Host networking puts notebook code beside every platform port: refused unless the
+    operator opted out by name, and then said at every start."""
+    if settings.notebook_network != "host":
+        return
+    if not settings.unsafe_notebooks_share_host_network:
+        raise UnsafeSettings(
+            "notebook_network 'host' lets every notebook reach Temporal, S3, the API and "
+            "the other notebooks on this host; refusing to start. Use 'none' (the default) "
+            "or a network of your own, or set unsafe_notebooks_share_host_network=true"
+        )
+    log.warning(
+        "UNSAFE: notebooks on host %s share its network namespace "
+        "(unsafe_notebooks_share_host_network): their code reaches every platform port here",
+        settings.host_name,
+    )
+
+
 def choose_runtime(settings: Settings) -> ContainerRuntime:
+    """Containers, always, unless a simulated or a local-process host was asked for by
+    name: the local-process runtime runs notebook code with this agent's rights."""
     host_dir = (settings.data_dir / "hosts" / settings.host_name).resolve()
     if settings.runtime == "sim":
         return SimRuntime(host_dir / "sim-runtime")
-    if settings.runtime == "docker" or (settings.runtime == "auto" and engine_answers()):
-        return DockerRuntime(installation=settings.installation_id, host=settings.host_name)
-    local_dir = (settings.data_dir / "hosts" / settings.host_name / "local-runtime").resolve()
-    return LocalRuntime(local_dir)
+    if settings.runtime == "local":
+        log.warning(
+            "host %s runs notebooks as LOCAL PROCESSES (runtime 'local'): a single-user "
+            "development choice, with no isolation between notebooks and this machine",
+            settings.host_name,
+        )
+        return LocalRuntime(host_dir / "local-runtime")
+    if settings.runtime == "auto" and not engine_answers():
+        raise UnsafeSettings(
+            f"host {settings.host_name}: no Docker engine answers, and notebooks only run in "
+            "containers; install and start one (apt-get install docker.io; dockerd), or ask "
+            "for the local-process runtime by name (runtime 'local', single-user development)"
+        )
+    check_isolation(settings)
+    return DockerRuntime(installation=settings.installation_id, host=settings.host_name)
 
 
 def build_worker(client, settings: Settings, runtime: ContainerRuntime) -> Worker:
@@ -48,12 +84,20 @@ def build_worker(client, settings: Settings, runtime: ContainerRuntime) -> Worke
 
 async def amain() -> None:
     settings = Settings.load()
+    settings.require_token_secret()
+    host_dir = settings.data_dir / "hosts" / settings.host_name
+    host_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    host_dir.chmod(0o700)  # notebooks' data: no other local user reads it
     runtime = choose_runtime(settings)
     log.info("host %s uses the %s runtime", settings.host_name, runtime.name)
     client = await connect(settings)
     logs = LogServer(settings, runtime)
+    tunnel = EditorTunnel(settings)
     serving_logs = asyncio.create_task(logs.serve())
-    presence = asyncio.create_task(Presence(client, settings, runtime, logs.url).run())
+    serving_editors = asyncio.create_task(tunnel.serve())
+    presence = asyncio.create_task(
+        Presence(client, settings, runtime, logs.url, tunnel.address).run()
+    )
     try:
         await run_until_signalled(
             build_worker(client, settings, runtime), f"host agent {settings.host_name}"
@@ -61,7 +105,9 @@ async def amain() -> None:
     finally:
         presence.cancel()
         logs.stop()
-        await asyncio.gather(serving_logs, return_exceptions=True)
+        tunnel.stop()
+        serving_editors.cancel()
+        await asyncio.gather(serving_logs, serving_editors, return_exceptions=True)
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ def detect_gpus() -> tuple[list[str], str | None]:
     return [r[0].strip() for r in rows], (rows[0][1].strip() if rows else None)
 
 
-def inventory(settings: Settings, logs_url: str = "") -> HostInventory:
+def inventory(settings: Settings, logs_url: str = "", editor_tunnel: str = "") -> HostInventory:
     gpu_ids, model = (
         (settings.host_gpu_ids, settings.host_gpu_model)
         if settings.host_gpu_ids is not None
@@ -78,15 +78,22 @@ def inventory(settings: Settings, logs_url: str = "") -> HostInventory:
         gpu_ids=list(gpu_ids),
         flavors=flavors,
         logs_url=logs_url,
+        editor_tunnel=editor_tunnel,
     )
 
 
 class Presence:
     def __init__(
-        self, client: Client, settings: Settings, runtime: ContainerRuntime, logs_url: str = ""
+        self,
+        client: Client,
+        settings: Settings,
+        runtime: ContainerRuntime,
+        logs_url: str = "",
+        editor_tunnel: str = "",
     ) -> None:
         self._client = client
         self._logs_url = logs_url
+        self._editor_tunnel = editor_tunnel
         self._settings = settings
         self._runtime = runtime
         self._fleet = client.get_workflow_handle(FLEET_WORKFLOW_ID)
@@ -105,7 +112,8 @@ class Presence:
                     next_reconcile = loop.time() + s.reconcile_interval_s
                 if not registered:
                     await self._fleet.execute_update(
-                        FleetWorkflow.register_host, inventory(s, self._logs_url)
+                        FleetWorkflow.register_host,
+                        inventory(s, self._logs_url, self._editor_tunnel),
                     )
                     log.info("host %s registered with the fleet", s.host_name)
                     registered = True

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,6 @@ class Ports:
     weed_volume: int = 8080
     weed_filer: int = 8888
     api: int = 8000
-    editor_start: int = 18800
 
     @classmethod
     def random(cls) -> Ports:
@@ -74,7 +74,6 @@ class Ports:
             weed_volume=free_port(used, with_grpc_offset=True),
             weed_filer=free_port(used, with_grpc_offset=True),
             api=free_port(used),
-            editor_start=free_port(used),
         )
 
 
@@ -96,32 +95,35 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
-        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        # Secrets, notebooks' data and logs live here: no other local user may read them.
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        (self.data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
         self.config_path = self.data_dir / "config.json"
         self.secrets = self._load_secrets()
 
     # ------------------------------------------------------------- configuration
 
     def _load_secrets(self) -> dict[str, str]:
-        """Credentials made once per data directory, so a restarted stack finds its data."""
+        """Credentials made once per data directory, so a restarted stack finds its data.
+
+        ``secrets.json`` (mode 0600 from its creation) appears whole or not at all: each
+        process writes a candidate to a private temporary file and hard-links it into place,
+        which fails if another got there first, so components started side by side
+        (compose) agree on the first set."""
         path = self.data_dir / "secrets.json"
         values = {
             "s3_access_key": "ainb" + secrets.token_hex(8),
             "s3_secret_key": secrets.token_urlsafe(32),
             "token_secret": secrets.token_urlsafe(32),
         }
-        try:
-            # Exclusive create: components started side by side (compose) agree on one set.
-            fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(values))
-            os.link(path.with_suffix(".tmp"), path)
-        deadline = time.monotonic() + 10
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        if not path.exists():
+            try:
+                _write_private(path, json.dumps(values), replace=False)
+            except FileExistsError:
+                pass  # another component made it first: use theirs
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)  # made by an older version, which left it wider
         return json.loads(path.read_text())
 
     @property
@@ -142,7 +144,6 @@ class Stack:
             "data_dir": str(self.data_dir),
             "host_name": self.host_name,
             "runtime": self.runtime,
-            "editor_port_start": self.ports.editor_start,
             "storage_aliases": {
                 "local": {
                     "endpoint": self.s3_endpoint,
@@ -158,8 +159,8 @@ class Stack:
             "host_memory_gib": 128,
         }
         config = _merge(config, self.config_overrides)
-        self.config_path.touch(mode=0o600)
-        self.config_path.write_text(json.dumps(config, indent=2))
+        # It holds the S3 keys and the token secret: 0600, replaced whole.
+        _write_private(self.config_path, json.dumps(config, indent=2), replace=True)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AINB_")}
@@ -271,8 +272,7 @@ class Stack:
             ]
         }
         s3_config = self.data_dir / "s3-identities.json"
-        s3_config.touch(mode=0o600)
-        s3_config.write_text(json.dumps(identities))
+        _write_private(s3_config, json.dumps(identities), replace=True)
         p = self.ports
         self._spawn(
             "s3",
@@ -411,6 +411,29 @@ def weed_server_argv(
     ]
 
 
+def _write_private(path: Path, text: str, *, replace: bool) -> None:
+    """Write ``path`` with mode 0600 from its first byte, atomically: the text goes to a
+    temporary file of this process (mkstemp makes it 0600), then takes the path's place
+    (``replace``), or is linked to it only if the path does not exist yet (FileExistsError
+    otherwise). Readers see the old file or the new one whole, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
 def _merge(base: dict, overrides: dict) -> dict:
     out = dict(base)
     for key, value in overrides.items():
@@ -477,10 +500,17 @@ def main() -> None:
         return
 
     from activities.runtime.docker_runtime import engine_answers
+    from domain.gateway import origin_pattern
 
     runtime = args.runtime
     if runtime == "auto":
-        runtime = "docker" if engine_answers() else "local"
+        if not engine_answers():
+            sys.exit(
+                "ainb: no Docker engine answers, and notebooks run in containers. Install and "
+                "start one (as root: apt-get install docker.io; scripts/up starts it), or run "
+                "`scripts/up --runtime local` for single-user development without isolation."
+            )
+        runtime = "docker"
     stack = Stack(args.data_dir, Ports(api=args.api_port), runtime=runtime)
     stopping = False
 
@@ -495,15 +525,15 @@ def main() -> None:
         stack.start()
         p = stack.ports
         runtime_note = (
-            "docker (the local Docker engine)"
+            "docker (the local Docker engine; notebooks have no network)"
             if runtime == "docker"
-            else "local-process (no Docker engine answered: editors run as host processes)"
+            else "LOCAL PROCESSES (--runtime local): single-user development, NO ISOLATION"
         )
         print(
             f"""
 ainb is up (data in {stack.data_dir})
   REST API        {stack.api_url}   (OpenAPI: {stack.api_url}/docs)
-  notebooks       {stack.api_url}/notebooks/<project>/<id>/   (the gateway: status.url)
+  notebooks       {origin_pattern(stack.api_url)}   (each its own origin: status.url)
   Temporal        {stack.temporal_address}   (Web UI: http://127.0.0.1:{p.temporal_ui})
   S3 (SeaweedFS)  {stack.s3_endpoint}   (credentials in {stack.data_dir / "secrets.json"})
   control worker  task queue ainb-control; the fleet is workflow ainb-fleet

@@ -249,7 +249,7 @@ class NotebookWorkflow:
                 ref=self._ref,
                 port=launch.port,
                 timeout_s=self._inp.tuning.ready_timeout_s,
-                path=ready_path(self._inp.spec.editor, self._ref.project, self._ref.notebook_id),
+                path=ready_path(self._inp.spec.editor),
             ),
             result_type=None,
             start_to_close=timedelta(seconds=self._inp.tuning.ready_timeout_s + 30),

@@ -32,10 +32,11 @@ class LaunchSpec:
     notebook_id: str
     project: str
     image: str
-    port: int
     env: dict[str, str]
     mounts: list[Mount]
     workspace: Path
+    # The host directory the editor creates its socket in (bound to EDITOR_RUN_DIR).
+    run_dir: Path
     cpus: float
     memory_bytes: int
     gpus: int = 0
@@ -43,6 +44,10 @@ class LaunchSpec:
     gpu_ids: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     editor: str = "jupyterlab"
+    # The container's network ("none": no interface but its own loopback).
+    network: str = "none"
+    # uid:gid the editor and all it starts run as.
+    user: str = "1000:1000"
 
 
 class LogStream(Protocol):
@@ -58,7 +63,6 @@ class ContainerState:
     name: str
     running: bool
     exit_code: int | None
-    port: int | None
 
 
 class ContainerRuntime(Protocol):
@@ -83,10 +87,6 @@ class ContainerRuntime(Protocol):
     def log_stream(self, notebook_id: str, tail: int, follow: bool) -> LogStream | None:
         """The container's output from `tail` lines back (all when negative), and with
         `follow` what it writes next until it exits; None when there is no container."""
-        ...
-
-    def ports_in_use(self) -> set[int]:
-        """Ports given to this host's editors that still exist, bound yet or not."""
         ...
 
     def managed(self) -> dict[str, str]:

@@ -10,9 +10,9 @@ import docker.types
 import requests.exceptions
 
 from activities.runtime.base import ContainerState, ImageNotFound, LaunchSpec, RuntimeUnavailable
+from domain.gateway import EDITOR_RUN_DIR
 from domain.ids import LABEL_PREFIX, container_name
 
-PORT_LABEL = LABEL_PREFIX + "port"
 NOTEBOOK_LABEL = LABEL_PREFIX + "notebook"
 PROJECT_LABEL = LABEL_PREFIX + "project"
 MANAGED_LABEL = LABEL_PREFIX + "managed"
@@ -33,11 +33,6 @@ def engine_answers(timeout: float = 3.0) -> bool:
             client.close()
     except (docker.errors.DockerException, *_UNAVAILABLE):
         return False
-
-
-# What JupyterLab or code-server needs as root in its own container: file ownership and
-# permission overrides on the workspace, and dropping to a user. Nothing else.
-CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL"]
 
 
 class DockerRuntime:
@@ -78,13 +73,7 @@ class DockerRuntime:
         state = container.attrs.get("State", {})
         running = bool(state.get("Running"))
         exit_code = None if running or state.get("Status") == "created" else state.get("ExitCode")
-        port = container.labels.get(PORT_LABEL)
-        return ContainerState(
-            name=container.name,
-            running=running,
-            exit_code=exit_code,
-            port=int(port) if port else None,
-        )
+        return ContainerState(name=container.name, running=running, exit_code=exit_code)
 
     def start(self, spec: LaunchSpec) -> ContainerState:
         try:
@@ -168,18 +157,6 @@ class DockerRuntime:
             if c.labels.get(NOTEBOOK_LABEL)
         }
 
-    def ports_in_use(self) -> set[int]:
-        """Editor ports of this platform's containers that exist (running or about to)."""
-        try:
-            containers = self._client.containers.list(all=True, filters={"label": MANAGED_LABEL})
-        except _UNAVAILABLE as err:
-            raise RuntimeUnavailable(f"the Docker engine does not answer: {err}") from err
-        return {
-            int(c.labels[PORT_LABEL])
-            for c in containers
-            if c.labels.get(PORT_LABEL) and c.status in ("created", "running", "restarting")
-        }
-
 
 def create_kwargs(spec: LaunchSpec) -> dict:
     """How a notebook's container is made: its name, limits, GPUs and hardening."""
@@ -187,7 +164,6 @@ def create_kwargs(spec: LaunchSpec) -> dict:
         MANAGED_LABEL: "true",
         NOTEBOOK_LABEL: spec.notebook_id,
         PROJECT_LABEL: spec.project,
-        PORT_LABEL: str(spec.port),
         **spec.labels,
     }
     device_requests = None
@@ -205,9 +181,12 @@ def create_kwargs(spec: LaunchSpec) -> dict:
         labels=labels,
         environment={
             **spec.env,
-            **({"NVIDIA_VISIBLE_DEVICES": ",".join(spec.gpu_ids)} if spec.gpu_ids else {}),
+            # Exactly the granted GPUs, and none at all for a CPU notebook ("void"), whatever
+            # a spec stored before the reserved names may say.
+            "NVIDIA_VISIBLE_DEVICES": ",".join(spec.gpu_ids) if spec.gpu_ids else "void",
         },
-        network_mode="host",
+        network_mode=spec.network,
+        user=spec.user,
         mounts=[
             docker.types.Mount(
                 target=m.target,
@@ -216,13 +195,15 @@ def create_kwargs(spec: LaunchSpec) -> dict:
                 read_only=m.read_only,
             )
             for m in spec.mounts
-        ],
+        ]
+        + [docker.types.Mount(target=EDITOR_RUN_DIR, source=str(spec.run_dir), type="bind")],
         nano_cpus=int(spec.cpus * 1e9),
         mem_limit=spec.memory_bytes,
         device_requests=device_requests,
         security_opt=["no-new-privileges"],
+        # The editor runs as the notebook's user from its first instruction, on files the
+        # host already gave that user: it needs no capability at all.
         cap_drop=["ALL"],
-        cap_add=CAPABILITIES,
         privileged=False,
         pids_limit=4096,
         init=False,

@@ -1,8 +1,11 @@
 """Local-process runtime: the editor as a subprocess in the notebook's own directory.
 
-Used when no Docker engine answers (a laptop, a CI box without Docker). There is no
-isolation: volumes appear as symlinks inside the workspace and ``ro`` is not enforced.
-The process outlives the host agent, so its pid and exit code live in files.
+Only when asked for (`--runtime local`): a single-user development choice. There is no
+isolation: the notebook's code runs as a host process with the agent's user, volumes
+appear as symlinks inside the workspace and ``ro`` is not enforced. It still gets
+nothing of the agent's environment or configuration, listens on a Unix socket like a
+container's editor, and its token is never in argv. The process outlives the host agent,
+so its pid and exit code live in files.
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ class LocalRuntime:
     def __init__(self, state_dir: Path) -> None:
         self._dir = state_dir
 
-    def _files(self, notebook_id: str) -> tuple[Path, Path, Path, Path]:
+    def _files(self, notebook_id: str) -> tuple[Path, Path, Path]:
         d = self._dir / notebook_id
-        return d, d / "editor.pid", d / "editor.exit", d / "editor.port"
+        return d, d / "editor.pid", d / "editor.exit"
 
     def editor_command(self, spec: LaunchSpec) -> list[str]:
         if spec.editor != "jupyterlab":
@@ -62,24 +65,44 @@ class LocalRuntime:
             "-m",
             "jupyterlab",
             "--no-browser",
-            f"--ip={spec.env.get('AINB_EDITOR_HOST', '127.0.0.1')}",
-            f"--port={spec.port}",
-            "--port-retries=0",
+            # Relative to the process's directory (the run directory): a socket's path is
+            # limited to 107 bytes, which a data directory's depth would exceed.
+            "--ServerApp.sock=editor.sock",
+            "--ServerApp.sock_mode=0600",
+            # Its Host is the notebook's origin; only this agent can reach the socket.
+            "--ServerApp.allow_remote_access=True",
             f"--ServerApp.root_dir={spec.workspace}",
-            f"--ServerApp.base_url={spec.env.get('AINB_BASE_URL', '/')}",
-            f"--IdentityProvider.token={spec.env.get('AINB_EDITOR_TOKEN', '')}",
+            "--ServerApp.base_url=/",
             "--ServerApp.password=",
             "--LabApp.news_url=None",
             "--allow-root",
+            # The token, if any, comes through the environment (argv is public).
+            *([] if spec.env.get("AINB_EDITOR_TOKEN") else ["--IdentityProvider.token="]),
         ]
+
+    @staticmethod
+    def editor_env(spec: LaunchSpec, home: Path) -> dict[str, str]:
+        """The user's variables and what the editor needs: nothing of the agent's."""
+        env = {k: v for k, v in spec.env.items() if not k.startswith("AINB_")}
+        env.update(
+            PATH=os.environ.get("PATH", "/usr/bin:/bin"),
+            LANG=os.environ.get("LANG", "C.UTF-8"),
+            HOME=str(home),
+            JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        )
+        if token := spec.env.get("AINB_EDITOR_TOKEN"):
+            env["JUPYTER_TOKEN"] = token
+        return env
 
     def start(self, spec: LaunchSpec) -> ContainerState:
         current = self.poll(spec.notebook_id)
         if current is not None and current.running:
             return current
-        d, pid_file, exit_file, port_file = self._files(spec.notebook_id)
-        d.mkdir(parents=True, exist_ok=True)
+        d, pid_file, exit_file = self._files(spec.notebook_id)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
         exit_file.unlink(missing_ok=True)
+        spec.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (spec.run_dir / "editor.sock").unlink(missing_ok=True)
         for mount in spec.mounts:
             link = spec.workspace / mount.target.removeprefix("/workspace/")
             link.parent.mkdir(parents=True, exist_ok=True)
@@ -92,11 +115,11 @@ class LocalRuntime:
         command = shlex.join(self.editor_command(spec))
         # The shell records the exit code, which a restarted agent could not otherwise learn.
         wrapper = f"{command}; echo $? > {shlex.quote(str(exit_file))}"
-        env = {**os.environ, **spec.env, "HOME": str(d), "JUPYTER_RUNTIME_DIR": str(d / "runtime")}
+        env = self.editor_env(spec, d)
         log = open(d / "editor.log", "ab")
         proc = subprocess.Popen(
             ["sh", "-c", wrapper],
-            cwd=spec.workspace,
+            cwd=spec.run_dir,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -104,32 +127,28 @@ class LocalRuntime:
         )
         log.close()
         pid_file.write_text(str(proc.pid))
-        port_file.write_text(str(spec.port))
         (d / "editor.project").write_text(spec.project)
-        return ContainerState(
-            name=container_name(spec.notebook_id), running=True, exit_code=None, port=spec.port
-        )
+        return ContainerState(name=container_name(spec.notebook_id), running=True, exit_code=None)
 
     def poll(self, notebook_id: str) -> ContainerState | None:
-        _, pid_file, exit_file, port_file = self._files(notebook_id)
+        _, pid_file, exit_file = self._files(notebook_id)
         if not pid_file.exists():
             return None
         pid = int(pid_file.read_text())
-        port = int(port_file.read_text()) if port_file.exists() else None
         running = _alive(pid)
         exit_code = None
         if not running:
             text = exit_file.read_text().strip() if exit_file.exists() else ""
             exit_code = int(text) if text else -1
         return ContainerState(
-            name=container_name(notebook_id), running=running, exit_code=exit_code, port=port
+            name=container_name(notebook_id), running=running, exit_code=exit_code
         )
 
     def stop(self, notebook_id: str, grace_s: float) -> ContainerState | None:
         state = self.poll(notebook_id)
         if state is None:
             return None
-        _, pid_file, exit_file, _ = self._files(notebook_id)
+        _, pid_file, exit_file = self._files(notebook_id)
         pid = int(pid_file.read_text())
         if state.running:
             try:
@@ -145,16 +164,6 @@ class LocalRuntime:
         pid_file.unlink(missing_ok=True)
         exit_file.unlink(missing_ok=True)
         return state
-
-    def ports_in_use(self) -> set[int]:
-        if not self._dir.is_dir():
-            return set()
-        ports = set()
-        for d in self._dir.iterdir():
-            state = self.poll(d.name)
-            if state is not None and state.running and state.port:
-                ports.add(state.port)
-        return ports
 
     def managed(self) -> dict[str, str]:
         if not self._dir.is_dir():

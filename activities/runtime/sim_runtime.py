@@ -36,7 +36,6 @@ class SimRuntime:
         record = {
             "notebook": spec.notebook_id,
             "project": spec.project,
-            "port": spec.port,
             "cpus": spec.cpus,
             "memory_bytes": spec.memory_bytes,
             "gpu_ids": list(spec.gpu_ids),
@@ -57,7 +56,6 @@ class SimRuntime:
             name=container_name(record["notebook"]),
             running=code is None,
             exit_code=code,
-            port=record.get("port"),
         )
 
     def read(self, notebook_id: str) -> dict | None:
@@ -84,13 +82,6 @@ class SimRuntime:
 
     def log_stream(self, notebook_id: str, tail: int, follow: bool):
         return FileLogStream(None, tail, follow=False) if self.read(notebook_id) else None
-
-    def ports_in_use(self) -> set[int]:
-        return {
-            r["port"]
-            for nid in self.managed()
-            if (r := self.read(nid)) is not None and r.get("port")
-        }
 
     def managed(self) -> dict[str, str]:
         if not self._dir.is_dir():

@@ -164,6 +164,47 @@ class Transfer:
             self._request = None  # break the reference cycle with the native request
 
 
+_FD_PATH = re.compile(r"/proc/self/fd/[0-9]+")
+
+
+class _FdReader(io.RawIOBase):
+    """An already open file as a body stream, read with ``pread`` from offset 0 (never
+    reopened by path, the caller's descriptor left open and its offset untouched)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            self._pos = offset
+        elif whence == io.SEEK_CUR:
+            self._pos += offset
+        else:
+            self._pos = os.fstat(self._fd).st_size + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buf: Any) -> int:
+        data = os.pread(self._fd, len(buf), self._pos)
+        n = len(data)
+        buf[:n] = data
+        self._pos += n
+        return n
+
+    def close(self) -> None:  # the descriptor is the caller's
+        super().close()
+
+
 def _event_loop_threads() -> int:
     """How many CRT event-loop threads to run: the usable CPUs but one, from 1 to 4.
 
@@ -470,6 +511,7 @@ class CrtEngine:
         headers: list[tuple[str, str]],
         *,
         body: bytes | None = None,
+        body_stream: Any = None,
         send_filepath: str | None = None,
         recv_filepath: str | None = None,
         operation: str | None = None,
@@ -478,8 +520,13 @@ class CrtEngine:
         fio_options: Any = None,
     ) -> Transfer:
         transfer._engine_endpoint = self.endpoint
+        # The CRT opens files by path itself: only ever give it /proc/self/fd/N of a
+        # descriptor the caller opened safely (a path could be a symlink by then).
+        for p in (send_filepath, recv_filepath):
+            if p is not None and not _FD_PATH.fullmatch(p):
+                raise ValueError(f"the CRT only gets /proc/self/fd/N paths, not {p!r}")
         hdrs = http.HttpHeaders([("Host", self.host), *headers])
-        stream = io.BytesIO(body) if body is not None else None
+        stream = io.BytesIO(body) if body is not None else body_stream
         request = http.HttpRequest(method, path, hdrs, stream)
         kwargs: dict[str, Any] = {}
         if operation is not None:
@@ -571,10 +618,13 @@ class CrtEngine:
         size: int,
         body: bytes | None = None,
         send_filepath: str | None = None,
+        body_fd: int | None = None,
         context: Any = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> Transfer:
-        """PUT an object from memory (``body``) or from a file (multipart when large)."""
+        """PUT an object from memory (``body``) or from a file (multipart when large):
+        ``send_filepath`` (``/proc/self/fd/N`` only) or, where there is no ``/proc``,
+        ``body_fd`` (read from its start as a stream; the caller keeps it open)."""
         t = Transfer(context, None, on_done)
         hdrs = [("Content-Length", str(size)), *headers]
         if not any(k.lower() == "content-type" for k, _ in headers):
@@ -585,7 +635,8 @@ class CrtEngine:
             "PUT",
             self._path(bucket, key),
             hdrs,
-            body=body if send_filepath is None else None,
+            body=body if send_filepath is None and body_fd is None else None,
+            body_stream=None if body_fd is None else _FdReader(body_fd),
             send_filepath=send_filepath,
             on_progress=on_progress,
         )

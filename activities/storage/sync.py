@@ -26,6 +26,16 @@ Safety rules (losing user data is the worst possible bug):
   the final name; the manifest is only saved after the renames it records are
   durable too; a pull never writes through a symlink;
 * a push never follows symlinks and never reads outside ``local_dir``;
+* the tree is someone else's while we work on it (a notebook's code can swap
+  any directory or file for a symlink at any moment): ``local_dir`` is opened
+  once and every path below it is resolved from that descriptor without
+  following a symlink in any component (:mod:`activities.storage.beneath`:
+  ``openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)``, else a walk with
+  ``O_NOFOLLOW|O_DIRECTORY`` descriptors), then used by name relative to a
+  (cached) directory descriptor.  A swap makes that file's operation fail
+  (``ELOOP``/``ENOTDIR``: the file is counted as failed, the sync raises at the
+  end as for any failed file); it never reads or writes outside the tree.  The
+  CRT only ever gets ``/proc/self/fd/N`` of a file we opened that way;
 * any per-file failure makes the whole call raise (after everything else has
   been tried), so a caller never mistakes a partial sync for a complete one;
 * deletions (``delete=True``) are skipped entirely if anything else failed;
@@ -74,7 +84,6 @@ import queue
 import random
 import re
 import secrets
-import shutil
 import stat
 import threading
 import time
@@ -104,6 +113,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
+from activities.storage.beneath import Tree, move_entry, swapped
 from activities.storage.crt_engine import CrtCancelled, CrtEngine, Transfer
 from activities.storage.errors import (
     StorageAccessError,
@@ -516,13 +526,6 @@ def _decode_target(value: str) -> str:
 def _new_tmp_name() -> str:
     # unpredictable enough; files are created with O_EXCL|O_NOFOLLOW anyway
     return f"{_TMP_PREFIX}{random.getrandbits(64):016x}"
-
-
-def _lstat(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -978,25 +981,30 @@ class _LocalEntry:
 
 
 def _scan_local(
-    root: Path, excludes: tuple[str, ...], *, one_fs: bool = False
+    tree: Tree, excludes: tuple[str, ...], *, one_fs: bool = False
 ) -> tuple[dict[str, _LocalEntry], list[tuple[str, str]], list[str]]:
-    """Walk ``root`` without following symlinks.
+    """Walk ``tree`` without following symlinks.
 
     Returns (entries by relative path, [(rel, error)], [our stale temp files]).
     Excluded subtrees are not entered.  Sockets, FIFOs and devices are ignored.
     With ``one_fs`` directories on another file system (mount points) are left
-    out entirely, as if excluded.
+    out entirely, as if excluded.  Each directory is opened beneath the tree's
+    root without following symlinks and listed through its descriptor (entries
+    stat'ed and symlinks read relative to it): a directory swapped for a symlink
+    since its parent was listed is an error for that directory, never followed.
     """
-    root_dev = os.stat(root).st_dev if one_fs else None
+    root_dev = os.fstat(tree.fd).st_dev if one_fs else None
     entries: dict[str, _LocalEntry] = {}
     errors: list[tuple[str, str]] = []
     tmpfiles: list[str] = []
     stack = [""]
+    root = tree.path  # for log lines only
     while stack:
         d = stack.pop()
-        path = os.path.join(root, d) if d else os.fspath(root)
+        dfd = -1
         try:
-            with os.scandir(path) as it:
+            dfd = tree.opendir(d) if d else os.dup(tree.fd)
+            with os.scandir(dfd) as it:
                 for de in it:
                     name = de.name
                     rel = f"{d}/{name}" if d else name
@@ -1023,7 +1031,7 @@ def _scan_local(
                         stack.append(rel)
                     elif stat.S_ISLNK(m):
                         try:
-                            target = os.readlink(de.path)
+                            target = os.readlink(name, dir_fd=dfd)
                         except FileNotFoundError:
                             continue
                         except OSError as exc:
@@ -1039,12 +1047,18 @@ def _scan_local(
             if not d:
                 raise
         except OSError as exc:
-            errors.append((d or ".", f"cannot list directory: {exc.strerror}"))
+            why = exc.strerror
+            if d and swapped(exc):
+                why = f"{why} (it was replaced by a symlink or a file during the scan)"
+            errors.append((d or ".", f"cannot list directory: {why}"))
+        finally:
+            if dfd >= 0:
+                os.close(dfd)
     return entries, errors, tmpfiles
 
 
-def _local_matches(entry: dict, st: os.stat_result | None, path: str) -> bool:
-    """Is the local object at ``path`` (lstat ``st``) the one recorded in ``entry``?"""
+def _local_matches(entry: dict, st: os.stat_result | None, tree: Tree, rel: str) -> bool:
+    """Is the local object at ``rel`` (lstat ``st``) the one recorded in ``entry``?"""
     if st is None:
         return False
     t = entry.get("t")
@@ -1060,7 +1074,7 @@ def _local_matches(entry: dict, st: os.stat_result | None, path: str) -> bool:
         if not stat.S_ISLNK(m) or st.st_mtime_ns != entry.get("mtime_ns"):
             return False
         try:
-            return os.readlink(path) == entry.get("target")
+            return tree.readlink(rel) == entry.get("target")
         except OSError:
             return False
     if t == "d":
@@ -1073,14 +1087,18 @@ def _local_matches(entry: dict, st: os.stat_result | None, path: str) -> bool:
 _ETAG_PART_SIZES = (8 * MiB, 5 * MiB, 16 * MiB, 50 * MiB, 64 * MiB, 100 * MiB)
 
 
-def _same_content(path: str, st: os.stat_result, size: int, etag: str) -> bool:
+def _same_content(tree: Tree, rel: str, st: os.stat_result, size: int, etag: str) -> bool:
     """Does the local file hold exactly the object's bytes (by its ETag: the MD5 of a
     single-part object, the MD5 of the parts' MD5s for a multipart one)?"""
     if st.st_size != size or not etag:
         return False
     digest, _, parts = etag.partition("-")
     try:
-        with open(path, "rb", buffering=0) as f:
+        fd = tree.open(rel, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb", buffering=0) as f:
+            now = os.fstat(fd)
+            if not stat.S_ISREG(now.st_mode) or now.st_ino != st.st_ino:
+                return False  # not the file we looked at
             if not parts:
                 md5 = hashlib.md5(usedforsecurity=False)
                 while chunk := f.read(MiB):
@@ -1178,59 +1196,66 @@ def _start_writeback(fd: int) -> None:
 _syncfs_ok = True
 
 
-def _syncfs(path: str) -> bool:
-    """Flush the whole file system holding ``path`` (Linux ``syncfs``); False if unsupported."""
+def _syncfs(tree: Tree, rel: str) -> bool:
+    """Flush the whole file system holding directory ``rel`` (Linux ``syncfs``); False
+    if unsupported."""
     global _syncfs_ok
     fn = _libc_fn("syncfs") if _syncfs_ok else None
     if fn is None:
         return False
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
+    with tree.dir(rel) as fd:
         if fn(fd) != 0:
             err = ctypes.get_errno()
             if err == errno.ENOSYS:
                 _syncfs_ok = False
                 return False
-            raise OSError(err, os.strerror(err), path)
-    finally:
-        os.close(fd)
+            raise OSError(err, os.strerror(err), tree.where(rel))
     return True
 
 
-def _fsync_path(path: str, directory: bool) -> None:
-    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if directory else os.O_NOFOLLOW)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        if directory:  # removed meanwhile (e.g. by the notebook): no rename left to keep
-            return
-        raise
+def _fsync_rel(tree: Tree, rel: str, directory: bool) -> None:
+    if directory:
+        try:
+            with tree.dir(rel) as fd:
+                os.fsync(fd)
+        except OSError as exc:
+            if not (isinstance(exc, (FileNotFoundError, NotADirectoryError)) or swapped(exc)):
+                raise
+            # removed (or swapped for a symlink) meanwhile by the notebook: the renames
+            # we made in it are no longer ours to keep
+            log.debug("not fsyncing %s: %s", tree.where(rel), exc)
+        return
+    fd = tree.open(rel, os.O_RDONLY | os.O_NONBLOCK)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _make_durable(paths_by_dev: dict[int, list[str]], *, directories: bool = False) -> None:
+def _make_durable(
+    tree: Tree, rels_by_dev: dict[int, list[str]], *, directories: bool = False
+) -> None:
     """Make files (or, with ``directories``, the renames inside directories) durable.
 
-    The caller groups the paths by file system from the stat it already has.  A few
-    are fsynced one by one: cheap when their data is already on disk (large downloads
-    use direct I/O) and blind to other processes' dirty data.  Many small files take
-    one ``syncfs`` per file system instead of one journal commit each.
+    The caller groups the relative paths by file system from the stat it already has.
+    A few are fsynced one by one: cheap when their data is already on disk (large
+    downloads use direct I/O) and blind to other processes' dirty data.  Many small
+    files take one ``syncfs`` per file system instead of one journal commit each.
     """
-    for paths in paths_by_dev.values():
-        if len(paths) > _FSYNC_EACH_MAX:
-            where = paths[0] if directories else os.path.dirname(paths[0])
+    for rels in rels_by_dev.values():
+        if len(rels) > _FSYNC_EACH_MAX:
+            where = rels[0] if directories else os.path.dirname(rels[0])
             try:
-                if _syncfs(where):
+                if _syncfs(tree, where):
                     continue
-            except FileNotFoundError:
-                if not directories:
+            except OSError as exc:
+                if not directories or not (
+                    isinstance(exc, (FileNotFoundError, NotADirectoryError)) or swapped(exc)
+                ):
                     raise
-                # a directory removed meanwhile: fsync the others one by one
-        for p in paths:
-            _fsync_path(p, directories)
+                # a directory removed or swapped meanwhile: fsync the others one by one
+        for r in rels:
+            _fsync_rel(tree, r, directories)
 
 
 class _Runner:
@@ -1594,7 +1619,8 @@ class _PullItem:
 class _GetJob:
     """One download into a temporary file (the CRT writes it through ``fd``)."""
 
-    tmp: str
+    tree: Tree
+    tmp: str  # relative to the tree
     fd: int
     attempt: int
     progress: _Progress | None
@@ -1605,7 +1631,7 @@ class _GetJob:
                 os.close(self.fd)
             self.fd = -1
         with contextlib.suppress(OSError):
-            os.unlink(self.tmp)
+            self.tree.unlink(self.tmp)
 
 
 @dataclass(slots=True)
@@ -1613,7 +1639,7 @@ class _Pending:
     """A complete temporary file waiting to be made durable and renamed into place."""
 
     item: _PullItem
-    tmp: str
+    tmp: str  # relative to the tree
     size: int
     etag: str
     st: os.stat_result  # of the finished temporary file (same inode after the rename)
@@ -1674,8 +1700,10 @@ class _Puller:
         self.last_writeback = 0.0
         self.seed_root = ""
         self.seed_entries: dict[str, dict] = {}
-        if seed_from is not None:
-            self._load_seed(Path(os.path.abspath(os.fspath(seed_from))))
+        self.seed_tree: Tree | None = None
+        self.seed_from = seed_from
+        self.tree: Tree | None = None  # local_dir, opened once by run()
+        self.preserve_tree: Tree | None = None
 
     def _load_seed(self, seed: Path) -> None:
         ctx = self.ctx
@@ -1687,15 +1715,38 @@ class _Puller:
             return
         raw = data.get("entries")
         if isinstance(raw, dict):
+            try:
+                # the seed (the host's cache) holds what storage held, symlinks included:
+                # read it beneath its root too
+                self.seed_tree = Tree(seed)
+            except OSError as exc:
+                log.info("pull %s: cannot open %s (%s); not seeding", ctx.where, seed, exc)
+                return
             self.seed_entries = {k: v for k, v in raw.items() if isinstance(v, dict)}
             self.seed_root = os.fspath(seed)
 
-    def _path(self, rel: str) -> str:
-        return os.path.join(self.rootp, rel)
-
     def run(self) -> SyncStats:
+        try:
+            return self._run_opened()
+        finally:
+            for tree in (self.tree, self.seed_tree, self.preserve_tree):
+                if tree is not None:
+                    tree.close()
+
+    def _run_opened(self) -> SyncStats:
         ctx, runner = self.ctx, self.runner
         self._prepare_root()
+        try:
+            # the one use of local_dir's path: everything below goes through this fd
+            self.tree = Tree(self.root)
+        except OSError as exc:
+            raise StorageError(
+                f"Cannot pull {ctx.where} into {self.root}: {exc.strerror}.",
+                bucket=ctx.bucket,
+                prefix=ctx.prefix,
+            ) from exc
+        if self.seed_from is not None:
+            self._load_seed(Path(os.path.abspath(os.fspath(self.seed_from))))
         self.manifest = _Manifest.load(ctx, "pull")
         self.push_manifest = _Manifest.load(ctx, "push")
         # the last pull completed: it removed its temporary files, none can be left over
@@ -1732,7 +1783,7 @@ class _Puller:
     def _save(self, final: bool = True) -> None:
         if self.renamed_dirs:  # the renames the manifest records must be durable first
             dirs, self.renamed_dirs = self.renamed_dirs, {}
-            _make_durable({dev: sorted(d) for dev, d in dirs.items()}, directories=True)
+            _make_durable(self.tree, {dev: sorted(d) for dev, d in dirs.items()}, directories=True)
         self.manifest.save()
         if final and not self.push_manifest.foreign:  # seed the push manifest for the prefix
             self.push_manifest.save()
@@ -1820,7 +1871,11 @@ class _Puller:
             if problem:
                 runner.fail(item.rel, problem)
                 continue
-            decision = self._plan(item)
+            try:
+                decision = self._plan(item)
+            except Exception as exc:  # e.g. ELOOP: a parent was swapped for a symlink
+                runner.record_error(item.rel, exc)
+                continue
             if decision != "get":
                 stats.files_skipped += 1
                 continue
@@ -1877,9 +1932,9 @@ class _Puller:
         if self._bad_parent(d):
             self.bad_dirs[d] = "its parent could not be created"
             return
-        path = self._path(d)
+        tree = self.tree
         try:
-            st = _lstat(path)
+            st = tree.lstat(d)
             if st is not None and stat.S_ISDIR(st.st_mode):
                 return
             if st is not None:
@@ -1890,7 +1945,8 @@ class _Puller:
                     )
                 self._remove(d, self.ctx.kp + d)
                 self.runner.stats.files_deleted += 1
-            os.mkdir(path)
+            with tree.parent(d) as (dfd, name):
+                os.mkdir(name, dir_fd=dfd)
         except Exception as exc:
             mapped = _map_error(exc, self.ctx, "creating directories for")
             if mapped is not None:  # e.g. disk full: stop everything
@@ -1911,8 +1967,8 @@ class _Puller:
                                                  into the ``.{name}.preserved`` area
         """
         m = self.manifest.entries.get(item.key)
-        path = self._path(item.rel)
-        st = _lstat(path)
+        tree, rel = self.tree, item.rel
+        st = tree.lstat(rel)
         remote_same = (
             m is not None
             and m.get("etag") == item.etag
@@ -1921,7 +1977,7 @@ class _Puller:
             # ETag, new LastModified.  Entries seeded by a push have no "lm".
             and m.get("lm") in (None, item.lm)
         )
-        local_same = m is not None and _local_matches(m, st, path)
+        local_same = m is not None and _local_matches(m, st, tree, rel)
         if remote_same and local_same:
             seeded = dict(m)
             seeded.pop("lm", None)
@@ -1933,7 +1989,7 @@ class _Puller:
         if remote_same:
             self.kept.append(item.rel)
             return "keep"
-        if stat.S_ISREG(st.st_mode) and _same_content(path, st, item.size, item.etag):
+        if stat.S_ISREG(st.st_mode) and _same_content(tree, rel, st, item.size, item.etag):
             # Placed by a pull that was killed before it recorded it: the same bytes as
             # the object, so neither a conflict to set aside nor a file to fetch again.
             entry = _entry_from_stat("f", item.size, item.etag, st, None)
@@ -1944,32 +2000,51 @@ class _Puller:
         item.preserve = True
         return "get"
 
-    def _known_synced(self, key: str, st: os.stat_result | None, path: str) -> bool:
+    def _known_synced(self, key: str, st: os.stat_result | None, rel: str) -> bool:
         """Is the local object exactly what an earlier sync recorded (so not unsynced work)?"""
         m = self.old_entries.get(key)
-        return m is not None and _local_matches(m, st, path)
+        return m is not None and _local_matches(m, st, self.tree, rel)
+
+    def _preserve_dir(self, rel: str) -> tuple[Tree, str]:
+        """Make the preserved area's directory for ``rel``; return (area, relative dest).
+
+        The area is ours (next to ``local_dir``, which the notebook cannot see), but what
+        we move into it comes from the tree, symlinks included: its directories are also
+        made and reached beneath its root, never through a symlink."""
+        with self._preserve_lock:
+            if self.preserve_tree is None:
+                self.preserve_root.mkdir(parents=True, exist_ok=True)
+                self.preserve_tree = Tree(self.preserve_root)
+            area = self.preserve_tree
+            head, _, name = rel.rpartition("/")
+            try:
+                area.makedirs(head)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTDIR, errno.ELOOP):
+                    raise
+                # something preserved earlier (a file or symlink) has a parent's name
+                head = f"{secrets.token_hex(3)}/{head}" if head else secrets.token_hex(3)
+                area.makedirs(head)
+            dest = f"{head}/{name}" if head else name
+            if area.lstat(dest) is not None:
+                dest = f"{dest}.{secrets.token_hex(3)}"
+            self.preserved.append(rel)
+        return area, dest
 
     def _preserve(self, rel: str) -> None:
         """Move local ``rel`` out of the tree instead of destroying it."""
-        src = self._path(rel)
-        dest = self.preserve_root / rel
-        with self._preserve_lock:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if os.path.lexists(dest):
-                dest = dest.with_name(f"{dest.name}.{secrets.token_hex(3)}")
-            self.preserved.append(rel)
-        try:
-            os.rename(src, dest)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            shutil.move(src, dest)  # local_dir is a mount point: copy, then remove
+        area, dest = self._preserve_dir(rel)
+        with self.tree.parent(rel) as (sfd, sname), area.parent(dest) as (dfd, dname):
+            # a rename; if local_dir is a mount point, a copy then a removal, both by
+            # descriptors (never following a symlink)
+            move_entry(sfd, sname, dfd, dname)
+        self.tree.forget(rel)  # if it was a directory: a new one may take its name
 
     def _remove(self, rel: str, key: str) -> None:
         """Remove a local file/symlink, preserving it unless a sync recorded exactly it."""
-        path = self._path(rel)
-        if self._known_synced(key, _lstat(path), path):
-            os.unlink(path)
+        tree = self.tree
+        if self._known_synced(key, tree.lstat(rel), rel):
+            tree.unlink(rel)
         else:
             self._preserve(rel)
 
@@ -1999,18 +2074,24 @@ class _Puller:
             return None  # copied; recorded when its batch is made durable
         return self._get(item, notify, 1)
 
-    def _open_tmp(self, item: _PullItem) -> tuple[str, int]:
-        """Create the temporary file for ``item`` (O_EXCL|O_NOFOLLOW: never via a symlink)."""
-        tmp = os.path.join(os.path.dirname(self._path(item.rel)), _new_tmp_name())
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666
-        )
-        return tmp, fd
+    def _open_tmp(self, rel: str) -> tuple[str, int]:
+        """Create a temporary file next to ``rel`` (in its directory as resolved beneath
+        the root; O_EXCL|O_NOFOLLOW: never via a symlink); return (its rel, its fd)."""
+        head = rel.rpartition("/")[0]
+        name = _new_tmp_name()
+        with self.tree.dir(head) as dfd:
+            fd = os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o666,
+                dir_fd=dfd,
+            )
+        return (f"{head}/{name}" if head else name), fd
 
     def _get(self, item: _PullItem, notify: Callable[[Transfer], None], attempt: int) -> Transfer:
-        tmp, fd = self._open_tmp(item)
+        tmp, fd = self._open_tmp(item.rel)
         progress = _Progress(self.runner) if item.size >= MULTIPART_THRESHOLD else None
-        job = _GetJob(tmp, fd, attempt, progress)
+        job = _GetJob(self.tree, tmp, fd, attempt, progress)
         if progress is not None:
             self.large_jobs[id(job)] = job
         try:
@@ -2059,22 +2140,26 @@ class _Puller:
     ) -> _Done | None:
         meta = {k[11:]: v for k, v in h.items() if k.startswith("x-amz-meta-")}
         etag = _etag(h.get("etag")) or item.etag
-        path = self._path(item.rel)
         if META_SYMLINK in meta:
             job.discard()
-            tmp = os.path.join(os.path.dirname(path), _new_tmp_name())
+            tree = self.tree
+            head, _, name = item.rel.rpartition("/")
+            tmpname = _new_tmp_name()
+            tmp = f"{head}/{tmpname}" if head else tmpname
             target = _decode_target(meta[META_SYMLINK])
-            os.symlink(target, tmp)
-            try:
-                mtime = _parse_mtime(meta.get(META_MTIME))
-                if mtime is not None:
-                    os.utime(tmp, ns=(mtime, mtime), follow_symlinks=False)
-                self._place(tmp, item)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            st = os.lstat(path)
+            with tree.dir(head) as dfd:
+                # a symlink is only ever created (and its time set) as a link, never used
+                os.symlink(target, tmpname, dir_fd=dfd)
+                try:
+                    mtime = _parse_mtime(meta.get(META_MTIME))
+                    if mtime is not None:
+                        os.utime(tmpname, ns=(mtime, mtime), dir_fd=dfd, follow_symlinks=False)
+                    self._place(tmp, item)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmpname, dir_fd=dfd)
+                    raise
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             return _Done(item.key, _entry_from_stat("l", length, etag, st, target), True, 0)
         fd = job.fd
         mode = _parse_mode(meta.get(META_MODE))
@@ -2105,22 +2190,21 @@ class _Puller:
             or e.get("size") != item.size
         ):
             return False
-        src = os.path.join(self.seed_root, item.rel)
-        if not _local_matches(e, _lstat(src), src):
-            return False
+        seed, rel = self.seed_tree, item.rel
+        assert seed is not None
         try:
-            sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            if not _local_matches(e, seed.lstat(rel), seed, rel):
+                return False
+            sfd = seed.open(rel, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return False
-        tmp = os.path.join(os.path.dirname(self._path(item.rel)), _new_tmp_name())
+        tmp = ""
         dfd = -1
         try:
             st = os.fstat(sfd)
-            if not _local_matches(e, st, src):
+            if not _local_matches(e, st, seed, rel):
                 return False
-            dfd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666
-            )
+            tmp, dfd = self._open_tmp(rel)
             _copy_fd(sfd, dfd, item.size, self.runner.cancel_event)
             after = os.fstat(sfd)
             if (after.st_size, after.st_mtime_ns, after.st_ino) != (
@@ -2138,7 +2222,7 @@ class _Puller:
             if dfd >= 0:
                 os.close(dfd)
                 with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+                    self.tree.unlink(tmp)
             if isinstance(exc, _Interrupted) or _map_error(exc, self.ctx, "copying") is not None:
                 raise
             if isinstance(exc, Exception):
@@ -2187,7 +2271,7 @@ class _Puller:
             by_dev: dict[int, list[str]] = {}
             for p in batch:
                 by_dev.setdefault(p.st.st_dev, []).append(p.tmp)
-            fut = self.durable_pool.submit(_make_durable, by_dev)
+            fut = self.durable_pool.submit(_make_durable, self.tree, by_dev)
             if final:
                 self._place_batch(batch, fut)
             else:
@@ -2201,7 +2285,7 @@ class _Puller:
         except Exception as exc:
             for p in batch:
                 with contextlib.suppress(OSError):
-                    os.unlink(p.tmp)
+                    self.tree.unlink(p.tmp)
                 runner.record_error(p.item.rel, exc)
             return
         for p in batch:
@@ -2210,7 +2294,7 @@ class _Puller:
                 self._place(p.tmp, item)
             except Exception as exc:
                 with contextlib.suppress(OSError):
-                    os.unlink(p.tmp)
+                    self.tree.unlink(p.tmp)
                 runner.record_error(item.rel, exc)
                 continue
             self.renamed_dirs.setdefault(p.st.st_dev, set()).add(os.path.dirname(p.tmp))
@@ -2231,7 +2315,7 @@ class _Puller:
             self.durable_pool = None
         for p in self.pending:
             with contextlib.suppress(OSError):
-                os.unlink(p.tmp)
+                self.tree.unlink(p.tmp)
         self.pending = []
         self.pending_bytes = 0
 
@@ -2244,9 +2328,7 @@ class _Puller:
         mode = _parse_mode(meta.get(META_MODE))
         mtime = _parse_mtime(meta.get(META_MTIME))
         # _ensure_dir made it a real directory; O_NOFOLLOW|O_DIRECTORY makes sure
-        fd = os.open(
-            self._path(item.rel), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-        )
+        fd = self.tree.opendir(item.rel)
         try:
             if mode is not None:
                 os.fchmod(fd, mode & 0o1777)  # never setuid/setgid
@@ -2259,33 +2341,45 @@ class _Puller:
         return _Done(item.key, entry, True, 0)
 
     def _place(self, tmp: str, item: _PullItem) -> None:
-        """Atomically move ``tmp`` to ``item.rel``, replacing what is in the way if allowed."""
+        """Atomically move ``tmp`` (made in ``item.rel``'s directory) to ``item.rel``,
+        replacing what is in the way if allowed.  Both names are used relative to the one
+        descriptor of that directory (the temporary file's, if it is still cached), so
+        the rename cannot land anywhere else."""
         rel = item.rel
-        path = self._path(rel)
-        if item.preserve and os.path.lexists(path):
-            self._preserve(rel)
-        try:
-            os.replace(tmp, path)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-                raise
-        st = _lstat(path)
-        if st is None or not stat.S_ISDIR(st.st_mode):
-            os.replace(tmp, path)
-            return
-        if self.delete:
-            self._preserve(rel)  # never rmtree: the directory may hold unsynced work
-        else:
+        tmpname = tmp.rpartition("/")[2]
+        with self.tree.parent(rel) as (dfd, name):
+
+            def lexists() -> os.stat_result | None:
+                try:
+                    return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return None
+
+            if item.preserve and lexists() is not None:
+                self._preserve(rel)
             try:
-                os.rmdir(path)
-            except OSError:
-                raise _FileProblem(
-                    f"a local directory is in the way of the remote file '{rel}' (not removed "
-                    "because delete=False and it is not empty)"
-                ) from None
-        self.runner.stats.files_deleted += 1
-        os.replace(tmp, path)
+                os.replace(tmpname, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    raise
+            st = lexists()
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                os.replace(tmpname, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                return
+            if self.delete:
+                self._preserve(rel)  # never rmtree: the directory may hold unsynced work
+            else:
+                try:
+                    os.rmdir(name, dir_fd=dfd)
+                except OSError:
+                    raise _FileProblem(
+                        f"a local directory is in the way of the remote file '{rel}' (not "
+                        "removed because delete=False and it is not empty)"
+                    ) from None
+                self.tree.forget(rel)
+            self.runner.stats.files_deleted += 1
+            os.replace(tmpname, name, src_dir_fd=dfd, dst_dir_fd=dfd)
 
     # -- cleanup / delete ---------------------------------------------------
 
@@ -2294,13 +2388,13 @@ class _Puller:
         if not self.delete and self.clean_start and not runner.failures:
             return  # nothing to delete and no temporary files left over by an earlier pull
         try:
-            local, errors, tmpfiles = _scan_local(self.root, (), one_fs=True)
+            local, errors, tmpfiles = _scan_local(self.tree, (), one_fs=True)
         except OSError as exc:
             runner.fail(".", f"cannot scan the local directory: {exc.strerror}")
             return
         for rel in tmpfiles:  # leftovers of an interrupted pull: never user data
             with contextlib.suppress(OSError):
-                os.unlink(self._path(rel))
+                self.tree.unlink(rel)
         if not self.delete:
             return
         for rel, msg in errors:
@@ -2315,12 +2409,11 @@ class _Puller:
             return
         kp = self.ctx.kp
         for e in sorted(local.values(), key=lambda e: _depth(e.rel), reverse=True):
-            path = self._path(e.rel)
             try:
                 if e.kind == "d":
                     if e.rel in dirs:
                         continue
-                    os.rmdir(path)
+                    self.tree.rmdir(e.rel)
                 else:
                     if e.rel in files:
                         continue
@@ -2370,14 +2463,22 @@ class _Pusher:
         self.excludes: tuple[str, ...] = excludes
         self.runner = _Runner(ctx, progress, should_stop, workers, "uploading to")
         self.protected: set[str] = set()  # keys that must not be deleted remotely
-
-    def _path(self, rel: str) -> str:
-        return os.path.join(self.rootp, rel)
+        self.tree: Tree | None = None  # local_dir, opened once by run()
 
     def run(self) -> SyncStats:
+        try:
+            return self._run_opened()
+        finally:
+            if self.tree is not None:
+                self.tree.close()
+
+    def _run_opened(self) -> SyncStats:
         ctx = self.ctx
         try:
-            st = os.stat(self.rootp)
+            # the one use of local_dir's path: everything below goes through this fd
+            self.tree = Tree(self.rootp)
+        except NotADirectoryError:
+            pass
         except OSError as exc:
             raise StorageError(
                 f"Cannot push {ctx.local_dir} to {ctx.where}: the local directory cannot be "
@@ -2385,7 +2486,7 @@ class _Pusher:
                 bucket=ctx.bucket,
                 prefix=ctx.prefix,
             ) from exc
-        if not stat.S_ISDIR(st.st_mode):
+        if self.tree is None:
             raise StorageError(
                 f"Cannot push {ctx.local_dir} to {ctx.where}: it is not a directory. Nothing "
                 "was uploaded or deleted.",
@@ -2440,7 +2541,7 @@ class _Pusher:
     def _run(self) -> None:
         ctx, runner, stats = self.ctx, self.runner, self.runner.stats
         try:
-            local, errors, _tmp = _scan_local(Path(self.rootp), self.excludes)
+            local, errors, _tmp = _scan_local(self.tree, self.excludes)
         except OSError as exc:
             raise StorageError(
                 f"Cannot push {ctx.local_dir} to {ctx.where}: cannot read the local directory "
@@ -2582,14 +2683,23 @@ class _Pusher:
         eng = self.runner.engine
         if e.kind == "f":
             return self._start_put_file(item, notify, 1)
-        path = self._path(e.rel)
-        st = _lstat(path)
-        if st is None:
-            return None
+        try:
+            with self.tree.parent(e.rel) as (dfd, name):
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return None
+                if e.kind == "l" and stat.S_ISLNK(st.st_mode):
+                    target = os.readlink(name, dir_fd=dfd)
+        except OSError as exc:
+            if swapped(exc):
+                raise _Changed(
+                    f"'{e.rel}' (or a directory above it) was replaced during the push"
+                ) from None
+            raise
         if e.kind == "l":
             if not stat.S_ISLNK(st.st_mode):
                 raise _Changed(f"'{e.rel}' is no longer a symlink")
-            target = os.readlink(path)
             e = dataclasses.replace(e, target=target, mtime_ns=st.st_mtime_ns)
             job = _PutJob(-1, st, 1, None, target)
             return eng.put(
@@ -2607,14 +2717,18 @@ class _Pusher:
         self, item: _PushItem, notify: Callable[[Transfer], None], attempt: int
     ) -> Transfer | None:
         ctx = self.ctx
-        path = self._path(item.rel)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            # beneath the root, no symlink in any component (the file or a directory above
+            # it swapped for a symlink since the scan: ELOOP, or ENOTDIR for a file)
+            fd = self.tree.open(item.rel, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if exc.errno == errno.ELOOP:  # became a symlink since the scan
-                raise _Changed(f"'{item.rel}' was replaced by a symlink during the push") from None
+            if swapped(exc):  # became a symlink since the scan: this file fails
+                raise _Changed(
+                    f"'{item.rel}' (or a directory above it) was replaced by a symlink during "
+                    "the push"
+                ) from None
             raise
         try:
             st = os.fstat(fd)
@@ -2623,16 +2737,14 @@ class _Pusher:
             size = st.st_size
             headers = _meta_headers(self._metadata(item.local, st))
             progress = _Progress(self.runner) if size >= MULTIPART_THRESHOLD else None
-            if size <= IN_MEMORY_UPLOAD_LIMIT or not _HAVE_PROC_FD:
-                data = b""
-                if size <= IN_MEMORY_UPLOAD_LIMIT:
-                    data = os.read(fd, size + 1) if size else b""
-                    if not self._same_stat(st, os.fstat(fd)) or len(data) != size:
-                        raise _Changed(f"'{item.rel}' changed while it was being read")
-                    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
-                    headers.append(("Content-MD5", md5))
-                    os.close(fd)
-                    fd = -1
+            if size <= IN_MEMORY_UPLOAD_LIMIT:
+                data = os.read(fd, size + 1) if size else b""
+                if not self._same_stat(st, os.fstat(fd)) or len(data) != size:
+                    raise _Changed(f"'{item.rel}' changed while it was being read")
+                md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+                headers.append(("Content-MD5", md5))
+                os.close(fd)
+                fd = -1
                 job = _PutJob(fd, st, attempt, progress, None)
                 return self.runner.engine.put(
                     ctx.bucket,
@@ -2640,8 +2752,20 @@ class _Pusher:
                     headers,
                     notify,
                     size=size,
-                    body=data if fd < 0 else None,
-                    send_filepath=None if fd < 0 else path,
+                    body=data,
+                    context=job,
+                    on_progress=progress,
+                )
+            if not _HAVE_PROC_FD:
+                # no /proc/self/fd: the CRT reads our descriptor as a stream (never a path)
+                job = _PutJob(fd, st, attempt, progress, None)
+                return self.runner.engine.put(
+                    ctx.bucket,
+                    item.key,
+                    headers,
+                    notify,
+                    size=size,
+                    body_fd=fd,
                     context=job,
                     on_progress=progress,
                 )
@@ -2678,7 +2802,12 @@ class _Pusher:
             if job.fd >= 0:
                 changed = not self._same_stat(job.st, os.fstat(job.fd))
             else:
-                now = _lstat(self._path(item.rel))
+                try:
+                    now = self.tree.lstat(item.rel)
+                except OSError as exc:
+                    if not swapped(exc):
+                        raise
+                    now = None  # a directory above it swapped for a symlink
                 changed = now is None or not self._same_stat(job.st, now)
         finally:
             if job.fd >= 0:
@@ -2728,7 +2857,7 @@ class _Pusher:
         else:
             if META_SYMLINK in meta or _parse_mode(meta.get(META_MODE)) != e.mode:
                 return None
-        st = _lstat(self._path(e.rel))
+        st = self.tree.lstat(e.rel)
         if st is None or st.st_mtime_ns != e.mtime_ns or (e.kind == "f" and st.st_size != e.size):
             return None
         entry = _entry_from_stat(e.kind, e.size, _etag(head.get("ETag")), st, e.target)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,20 @@ from domain.config import JUPYTERLAB_IMAGE, PYTORCH_IMAGES, VSCODE_IMAGE
 from worker.stack import Ports, Stack, free_port
 
 REQUIRE_DOCKER = os.environ.get("AINB_REQUIRE_DOCKER") == "1"
+
+_getaddrinfo = socket.getaddrinfo
+
+
+def _resolve_localhost_names(host, *args, **kwargs):
+    """Names under `localhost` are loopback, as browsers and curl resolve them without
+    DNS (RFC 6761): each notebook's origin is `http://{id}.localhost:<port>`. glibc
+    only knows `localhost` itself, so this test process does what a browser does."""
+    if isinstance(host, str) and host.lower().rstrip(".").endswith(".localhost"):
+        host = "127.0.0.1"
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = _resolve_localhost_names
 MISSING_IMAGE = "ainb/does-not-exist:0"
 BAD_KEYS_ALIAS = "badkeys"
 BAD_SECRET_KEY = "not-the-right-secret-key-0123456789"

@@ -17,6 +17,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.integration.conftest import REQUIRE_DOCKER, Notebooks
+from worker.stack import Stack
 
 pytestmark = pytest.mark.docker
 
@@ -25,7 +26,9 @@ CHROMEDRIVER = shutil.which("chromedriver")
 # Nothing but loopback: non-local requests go to a closed proxy port, and no name resolves.
 LOOPBACK_ONLY = [
     "--proxy-server=http://127.0.0.1:9",
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    # Each notebook's origin is a name under localhost, which Chromium keeps on loopback.
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost , "
+    "EXCLUDE *.localhost",
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
@@ -107,3 +110,49 @@ def test_vscode_in_a_browser(notebooks: Notebooks, browser, tmp_path) -> None:
     _looks_like_an_editor(browser.get_screenshot_as_png(), tmp_path / "vscode.png")
     notebooks.delete(nid)
     notebooks.wait(nid, "DELETED")
+
+
+# Run in a page of notebook A: fetch() each URL with the browser's credentials and say what
+# came back ("read N bytes" or the error), the way a script in a notebook's page would try.
+FETCH_ALL = """
+const done = arguments[arguments.length - 1];
+Promise.all(arguments[0].map(url =>
+    fetch(url, {credentials: "include"})
+        .then(r => r.text().then(t => "read " + t.length + " bytes, status " + r.status))
+        .catch(e => "failed: " + e)
+)).then(done);
+"""
+
+
+def test_a_notebooks_page_cannot_read_another_notebook_or_the_api(
+    notebooks: Notebooks, browser, stack: Stack
+) -> None:
+    a, b = (notebooks.create(name=f"page-{n}")["id"] for n in "ab")
+    url_a, url_b = (notebooks.wait(nid, "RUNNING", timeout=180)["status"]["url"] for nid in (a, b))
+    origin_b = url_b.split("/lab")[0]
+    wait = WebDriverWait(browser, 90)
+    # The visitor has opened B (its cookie is in the browser), then A.
+    browser.get(url_b)
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#jp-main-dock-panel")))
+    browser.get(url_a)
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#jp-main-dock-panel")))
+    assert browser.current_url.startswith(url_a.split("/lab")[0])
+    targets = [
+        origin_b + "/api/contents",
+        origin_b + "/api/status",
+        f"{stack.api_url}/v1/projects/{notebooks.project}/notebooks",
+        f"{stack.api_url}/v1/projects/{notebooks.project}/notebooks/{b}",
+    ]
+    browser.set_script_timeout(30)
+    results = browser.execute_async_script(FETCH_ALL, targets)
+    assert all(r.startswith("failed") for r in results), dict(zip(targets, results, strict=True))
+    # A's own API answers that same script: the failures are the origins, not the page.
+    [own] = browser.execute_async_script(FETCH_ALL, [url_a.split("/lab")[0] + "/api/contents"])
+    assert own.startswith("read") and own.endswith("status 200"), own
+    # B still opens from its own link.
+    browser.get(url_b)
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#jp-main-dock-panel")))
+    for nid in (a, b):
+        notebooks.delete(nid)
+    for nid in (a, b):
+        notebooks.wait(nid, "DELETED")

@@ -1,5 +1,5 @@
 """The container a GPU notebook gets, as the real Docker engine records it: exactly the
-granted device ids, the matching NVIDIA_VISIBLE_DEVICES, and the hardening. (No GPU here,
+granted device ids, the matching NVIDIA_VISIBLE_DEVICES, no network, and the hardening. (No GPU here,
 so the container is created and inspected, not started.)"""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ def test_gpu_container_gets_exactly_its_devices(docker_client, tmp_path: Path) -
         notebook_id=uuid.uuid4().hex,
         project="gpu-test",
         image=JUPYTERLAB_IMAGE,
-        port=1,
         env={"A": "1"},
         mounts=[Mount(source=tmp_path, target="/workspace/data", read_only=True)],
         workspace=tmp_path,
+        run_dir=tmp_path,
         cpus=2,
         memory_bytes=2 * 2**30,
         gpus=2,
@@ -39,9 +39,11 @@ def test_gpu_container_gets_exactly_its_devices(docker_client, tmp_path: Path) -
         assert "NVIDIA_VISIBLE_DEVICES=1,3" in container.attrs["Config"]["Env"]
         assert host["NanoCpus"] == 2 * 10**9 and host["Memory"] == 2 * 2**30
         assert host["Privileged"] is False and host["CapDrop"] == ["ALL"]
-        assert "SYS_ADMIN" not in host["CapAdd"] and "NET_ADMIN" not in host["CapAdd"]
+        assert not host["CapAdd"]  # no capability at all
         assert host["SecurityOpt"] == ["no-new-privileges"] and host["PidsLimit"] == 4096
-        [mount] = container.attrs["Mounts"]
-        assert mount["Destination"] == "/workspace/data" and mount["RW"] is False
+        assert host["NetworkMode"] == "none" and container.attrs["Config"]["User"] == "1000:1000"
+        mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+        assert set(mounts) == {"/workspace/data", "/run/ainb"}
+        assert mounts["/workspace/data"]["RW"] is False
     finally:
         container.remove(force=True)

@@ -1,14 +1,17 @@
-"""The local-process runtime, used when no Docker engine answers: the same lifecycle with
-JupyterLab as a host process in the notebook's directory."""
+"""The local-process runtime, only when asked for by name (single-user development): the
+same lifecycle with JupyterLab as a host process in the notebook's directory, on a Unix
+socket like a container's editor, with none of the agent's environment."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from activities.runtime import editor_socket
 from worker.stack import Ports, Stack
 
 
@@ -57,10 +60,23 @@ def test_lifecycle_without_docker(local_stack: Stack) -> None:
         path = f"{base}/{nid}"
         nb = _wait(api, path, "RUNNING")
         url = nb["status"]["url"]
-        server = url.split("/lab")[0]  # the gateway's address for it
-        editor = nb["status"]["endpoint"].split("/lab")[0]  # where the process answers
+        server = url.split("/lab")[0]  # the notebook's origin, at the gateway
+        editor = nb["status"]["endpoint"].removeprefix("unix:")  # the process's socket
+        assert _answers(editor)
         assert httpx.get(f"{server}/api/status").status_code == 403
         token = url.split("token=")[1]
+        # The editor gets none of the agent's environment (its settings name the secrets)
+        # and its token is in no process's argv.
+        run_dir = local_stack.data_dir / "hosts" / "local" / "local-runtime" / nid
+        pid = int((run_dir / "editor.pid").read_text())
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert not [v for v in environ if v.startswith(b"AINB_")], environ
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    assert token.encode() not in (proc / "cmdline").read_bytes()
+                except (FileNotFoundError, ProcessLookupError, PermissionError):
+                    pass
         auth = {"Authorization": f"token {token}"}
         r = httpx.put(
             f"{server}/api/contents/notes.txt",
@@ -76,7 +92,7 @@ def test_lifecycle_without_docker(local_stack: Stack) -> None:
         assert api.post(f"{path}/start").status_code == 202
         nb = _wait(api, path, "RUNNING")
         assert nb["status"]["url"].split("/lab")[0] == server
-        editor = nb["status"]["endpoint"].split("/lab")[0]
+        editor = nb["status"]["endpoint"].removeprefix("unix:")
         r = httpx.get(f"{server}/api/contents/notes.txt", headers=auth)
         assert r.status_code == 200 and r.json()["content"] == "kept across restarts"
 
@@ -85,12 +101,8 @@ def test_lifecycle_without_docker(local_stack: Stack) -> None:
         assert not _answers(editor)
 
 
-def _answers(server: str) -> bool:
-    try:
-        httpx.get(f"{server}/api/status", timeout=1)
-        return True
-    except httpx.TransportError:
-        return False
+def _answers(socket_path: str) -> bool:
+    return editor_socket.probe(Path(socket_path), "/api/status", timeout=1) is not None
 
 
 def test_vscode_needs_a_docker_host(local_stack: Stack) -> None:

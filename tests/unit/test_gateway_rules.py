@@ -1,5 +1,5 @@
-"""The gateway's rules without a network: who is let in, what the editor is sent, where
-redirects point."""
+"""The gateway's rules without a network: which origin is whose, who is let in, what the
+editor is sent."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ import pytest
 from pydantic import SecretStr
 from starlette.datastructures import Headers, QueryParams
 
-from api.gateway import COOKIE_PREFIX, Gateway, Refused, Route
+from api.gateway import COOKIE_PREFIX, Gateway, Refused, Route, downstream_cookie
 from domain.config import Settings
-from domain.gateway import gateway_prefix, home_path, notebook_url, ready_path
+from domain.gateway import notebook_url, origin_pattern, ready_path
 from domain.spec import Editor
 from domain.states import NotebookState
 from domain.tokens import editor_token
 
 SECRET = "s3cret"
 NID = "a" * 32
+OTHER = "b" * 32
 
 
 class FakeService:
@@ -23,31 +24,99 @@ class FakeService:
         return editor_token(SECRET, notebook_id)
 
 
-def _gateway() -> Gateway:
-    settings = Settings(
-        token_secret=SecretStr(SECRET),
-        public_url="https://nb.example",
-        api_tokens={"p": [SecretStr("api-tok")]},
-    )
-    return Gateway(FakeService(), settings)  # type: ignore[arg-type]
+def _gateway(**settings) -> Gateway:
+    values = {
+        "token_secret": SecretStr(SECRET),
+        "public_url": "https://api.example",
+        "notebook_origin": "https://{id}.nb.example",
+        "api_tokens": {"p": [SecretStr("api-tok")]},
+        **settings,
+    }
+    return Gateway(FakeService(), Settings(**values))  # type: ignore[arg-type]
 
 
 def _route(editor: Editor = Editor.JUPYTERLAB, unsecure: bool = False) -> Route:
-    return Route("p", NID, editor, unsecure, NotebookState.RUNNING, "http://127.0.0.1:18800")
+    return Route("p", NID, editor, unsecure, NotebookState.RUNNING, "127.0.0.1:1")
 
 
-def test_paths_and_url_per_editor() -> None:
-    assert gateway_prefix("p", NID) == f"/notebooks/p/{NID}/"
-    # JupyterLab serves under the prefix itself; code-server at its root.
-    assert ready_path(Editor.JUPYTERLAB, "p", NID) == f"/notebooks/p/{NID}/api/status"
-    assert home_path(Editor.VSCODE, "p", NID) == "/"
-    assert ready_path(Editor.VSCODE, "p", NID) == "/healthz"
-    assert notebook_url("http://h:1/", Editor.JUPYTERLAB, "p", NID) == (
-        f"http://h:1/notebooks/p/{NID}/lab"
+def test_each_notebook_has_its_own_origin() -> None:
+    # Embedded default: the API's port, under localhost (which browsers resolve to loopback).
+    pattern = origin_pattern("http://127.0.0.1:8000")
+    assert pattern == "http://{id}.localhost:8000"
+    assert origin_pattern("https://ainb.example.com") == "https://{id}.ainb.example.com"
+    assert origin_pattern("http://x", "https://{id}.nb.example.com/") == (
+        "https://{id}.nb.example.com"
     )
-    prefix = gateway_prefix("p", NID)
-    assert _route().upstream_path(prefix + "api/contents/a%2Fb") == prefix + "api/contents/a%2Fb"
-    assert _route(Editor.VSCODE).upstream_path(prefix + "static/x.js") == "/static/x.js"
+    with pytest.raises(ValueError):
+        origin_pattern("http://x", "https://nb.example.com/{id}")
+    assert notebook_url(pattern, Editor.JUPYTERLAB, NID) == f"http://{NID}.localhost:8000/lab"
+    assert notebook_url(pattern, Editor.VSCODE, NID) == f"http://{NID}.localhost:8000/"
+    assert ready_path(Editor.JUPYTERLAB) == "/api/status"
+    assert ready_path(Editor.VSCODE) == "/healthz"
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        (f"{NID}.localhost:8000", NID),
+        (f"{NID.upper()}.LOCALHOST:8000", NID),
+        (f"{NID}.localhost:8001", None),  # another port is another origin
+        (f"{NID}.localhost", None),
+        ("127.0.0.1:8000", None),  # the API's own origin serves no editor
+        (f"x{NID}.localhost:8000", None),
+        (f"{NID}.localhost:8000.evil", None),
+        (f"{NID[:-1]}.localhost:8000", None),
+    ],
+)
+def test_hosts_name_notebooks_exactly(host: str, expected: str | None) -> None:
+    gw = _gateway(notebook_origin="http://{id}.localhost:8000")
+    assert gw.notebook_for_host(host) == expected
+
+
+def test_the_default_port_may_be_left_out() -> None:
+    gw = _gateway()
+    assert gw.notebook_for_host(f"{NID}.nb.example") == NID
+    assert gw.notebook_for_host(f"{NID}.nb.example:443") == NID
+    assert gw.notebook_for_host(f"{NID}.nb.example:80") is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"origin": f"https://{OTHER}.nb.example"},  # another notebook's page
+        {"origin": "https://api.example"},  # the API's origin
+        {"origin": f"http://{NID}.nb.example"},  # the same host, another scheme
+        {"sec-fetch-site": "same-site", "sec-fetch-mode": "cors"},
+        {"sec-fetch-site": "cross-site", "sec-fetch-mode": "no-cors"},
+    ],
+)
+def test_other_origins_get_nothing(headers) -> None:
+    with pytest.raises(Refused) as err:
+        _gateway().check_origin(_route(), Headers(headers))
+    assert err.value.status == 403
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"origin": f"https://{NID}.nb.example"},
+        {"sec-fetch-site": "same-origin", "sec-fetch-mode": "cors"},
+        {"sec-fetch-site": "none", "sec-fetch-mode": "navigate"},
+        {"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"},  # a link followed
+    ],
+)
+def test_own_pages_and_links_pass(headers) -> None:
+    _gateway().check_origin(_route(), Headers(headers))
+
+
+def test_a_websocket_from_another_site_is_refused_even_as_navigation() -> None:
+    with pytest.raises(Refused):
+        _gateway().check_origin(
+            _route(),
+            Headers({"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"}),
+            websocket=True,
+        )
 
 
 @pytest.mark.parametrize(
@@ -68,7 +137,12 @@ def test_who_is_let_in(query, headers, cookies, expected) -> None:
 
 @pytest.mark.parametrize(
     "credentials",
-    [{"token": "wrong"}, {"token": editor_token(SECRET, "b" * 32)}, {"token": "api-tok-other"}],
+    [
+        {"token": "wrong"},
+        {"token": editor_token(SECRET, OTHER)},
+        {"token": "api-tok-other"},
+        {"token": "é-not-ascii"},
+    ],
 )
 def test_a_wrong_explicit_token_is_refused(credentials) -> None:
     with pytest.raises(Refused) as err:
@@ -77,7 +151,7 @@ def test_a_wrong_explicit_token_is_refused(credentials) -> None:
 
 
 def test_an_api_token_only_opens_its_own_project() -> None:
-    other = Route("q", NID, Editor.JUPYTERLAB, False, NotebookState.RUNNING, "http://x:1")
+    other = Route("q", NID, Editor.JUPYTERLAB, False, NotebookState.RUNNING, "127.0.0.1:1")
     with pytest.raises(Refused):
         _gateway().authorize(
             other, QueryParams({}), Headers({"authorization": "Bearer api-tok"}), {}
@@ -86,35 +160,44 @@ def test_an_api_token_only_opens_its_own_project() -> None:
 
 def test_the_editor_gets_its_own_credentials_not_the_api_token() -> None:
     gw = _gateway()
+    own = f"https://{NID}.nb.example"
     incoming = Headers(
         {
-            "host": "nb.example",
+            "host": f"{NID}.nb.example",
             "authorization": "Bearer api-tok",
-            "origin": "https://nb.example",
+            "origin": own,
             "cookie": f"{COOKIE_PREFIX}{NID}=x; _xsrf=abc",
             "connection": "keep-alive",
         }
     )
-    up = "http://127.0.0.1:18800"
-    out = gw.upstream_headers(_route(), up, incoming, authorized=True)
+    out = gw.upstream_headers(_route(), incoming, authorized=True)
     assert out["authorization"] == f"token {editor_token(SECRET, NID)}"
-    assert out["origin"] == up  # the editor's own origin check passes
+    # Host and Origin are the notebook's own: the editor's origin check passes unchanged.
+    assert out["origin"] == own and out["host"] == f"{NID}.nb.example"
     assert out["cookie"] == "_xsrf=abc"  # the gateway's cookie stays with the gateway
-    assert "connection" not in out and "host" not in out
-    vscode = gw.upstream_headers(_route(Editor.VSCODE), up, incoming, authorized=True)
+    assert "connection" not in out
+    assert out["x-forwarded-proto"] == "https"
+    vscode = gw.upstream_headers(_route(Editor.VSCODE), incoming, authorized=True)
     assert "authorization" not in vscode and "code-server-session=$argon2" in vscode["cookie"]
     # Not signed in: passed on untouched, for the editor to judge.
-    passed = gw.upstream_headers(_route(), up, Headers({"authorization": "token t"}), False)
+    passed = gw.upstream_headers(_route(), Headers({"authorization": "token t"}), False)
     assert passed["authorization"] == "token t"
-    # A foreign origin is not rewritten: the editor refuses it.
-    foreign = gw.upstream_headers(_route(), up, Headers({"origin": "https://evil.example"}), True)
-    assert foreign["origin"] == "https://evil.example"
 
 
-def test_redirects_point_at_the_gateway() -> None:
-    gw = _gateway()
-    up = "http://127.0.0.1:18800"
-    prefix = gateway_prefix("p", NID)
-    assert gw.downstream_location(_route(Editor.VSCODE), up, "./login") == "./login"
-    assert gw.downstream_location(_route(Editor.VSCODE), up, "/login") == prefix + "login"
-    assert gw.downstream_location(_route(), up, up + prefix + "lab") == prefix + "lab"
+def test_editor_cookies_stay_on_the_notebooks_origin() -> None:
+    assert downstream_cookie(b"_xsrf=1; Domain=.nb.example; Path=/") == b"_xsrf=1; Path=/"
+    assert downstream_cookie(b"a=1; domain=nb.example") == b"a=1"
+    assert downstream_cookie(b"a=1; Path=/; HttpOnly") == b"a=1; Path=/; HttpOnly"
+
+
+def test_access_logs_never_hold_a_token() -> None:
+    import logging
+
+    from api.main import RedactTokens
+
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+        ("1.2.3.4:5", "GET", "/lab?a=1&token=s3cr3t&b=2", "1.1", 200), None,
+    )  # fmt: skip
+    assert RedactTokens().filter(record)
+    assert "s3cr3t" not in record.getMessage() and "token=***&b=2" in record.getMessage()

@@ -16,10 +16,10 @@ def _spec(tmp_path: Path, image: str = "ainb/jupyterlab-python:3.11") -> LaunchS
         notebook_id="0" * 32,
         project="p",
         image=image,
-        port=1,
         env={},
         mounts=[],
         workspace=tmp_path,
+        run_dir=tmp_path / "run",
         cpus=1,
         memory_bytes=2**30,
     )
