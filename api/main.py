@@ -64,20 +64,22 @@ _TOKEN_IN_QUERY = re.compile(r"(?i)((?:^|[?&])token=)[^&#\s]*")
 
 
 class RedactTokens(logging.Filter):
-    """Access logs name each request's path and query: a `?token=` there is a credential
-    (a notebook link's), so it is written as `token=***`."""
+    """Access logs name each request's path and query (HTTP in uvicorn.access, WebSockets
+    in uvicorn.error): a `?token=` there is a credential (a notebook link's), so it is
+    written as `token=***`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and len(record.args) >= 3:
-            args = list(record.args)
-            if isinstance(args[2], str) and "token=" in args[2].lower():
-                args[2] = _TOKEN_IN_QUERY.sub(r"\1***", args[2])
-                record.args = tuple(args)
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _TOKEN_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) and "token=" in a else a
+                for a in record.args
+            )
         return True
 
 
 def main() -> None:
-    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(RedactTokens())
     settings = Settings.load()
     settings.require_token_secret()  # before anything listens: a clear message, exit 1
     uvicorn.run(

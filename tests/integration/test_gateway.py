@@ -106,6 +106,10 @@ def test_jupyterlab_at_its_own_origin_kernel_over_websocket(
     assert notebooks.delete(nid).status_code == 202
     notebooks.wait(nid, "DELETED")
     assert httpx.get(root + "/api/status").status_code == 404
+    # The links and WebSockets above carried tokens in their query: no log holds one.
+    logs = (stack.data_dir / "logs" / "api.log").read_text()
+    assert "token=***" in logs
+    assert token not in logs and PROJECT_API_TOKEN not in logs
 
 
 def test_other_origins_get_nothing_from_a_notebook(notebooks: Notebooks, stack: Stack) -> None:

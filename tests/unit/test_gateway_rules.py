@@ -201,3 +201,9 @@ def test_access_logs_never_hold_a_token() -> None:
     )  # fmt: skip
     assert RedactTokens().filter(record)
     assert "s3cr3t" not in record.getMessage() and "token=***&b=2" in record.getMessage()
+    websocket = logging.LogRecord(
+        "uvicorn.error", logging.INFO, "", 0, '%s - "WebSocket %s" [accepted]',
+        ("1.2.3.4:5", "/api/kernels/k/channels?session_id=s&token=s3cr3t"), None,
+    )  # fmt: skip
+    RedactTokens().filter(websocket)
+    assert websocket.getMessage().endswith('channels?session_id=s&token=***" [accepted]')
