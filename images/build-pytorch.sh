@@ -26,7 +26,8 @@ WHEEL_DIR="${AINB_TORCH_WHEELS:-$REPO/.cache/wheels/pytorch}"
 EDITORS=("jupyterlab=ainb/jupyterlab-python:3.11" "vscode=ainb/vscode-python:3.11")
 
 DOCKERFILE="$REPO/images/pytorch/Dockerfile"
-INPUTS_LABEL=ainb.inputs
+# shellcheck source=images/inputs.sh
+source "$REPO/images/inputs.sh"
 
 log() { printf '[build-pytorch.sh] %s\n' "$*" >&2; }
 FORCE=0
@@ -34,13 +35,8 @@ FORCE=0
 
 # A hash of everything an image is built from (inputs_hash EDITOR_IMAGE).
 inputs_hash() {
-    {
-        printf 'spec=%s\ntag=%s\neditor=%s\nDockerfile %s\n' "$TORCH_SPEC" "$TAG" \
-            "$(docker image inspect -f '{{.Id}}' "$1")" "$(sha256sum <"$DOCKERFILE" | cut -d' ' -f1)"
-    } | sha256sum | cut -c1-16
-}
-built_hash() {
-    docker image inspect -f "{{ index .Config.Labels \"$INPUTS_LABEL\" }}" "$1" 2>/dev/null || true
+    printf 'spec=%s\ntag=%s\neditor=%s\n' "$TORCH_SPEC" "$TAG" "$(docker image inspect -f '{{.Id}}' "$1")" \
+        | hash_inputs "$(dirname "$DOCKERFILE")" "$(basename "$DOCKERFILE")"
 }
 
 todo=()

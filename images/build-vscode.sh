@@ -81,27 +81,16 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
-INPUTS_LABEL=ainb.inputs
+# shellcheck source=images/inputs.sh
+source "$REPO/images/inputs.sh"
 
 # A hash of everything the image is built from; stamped on it as $INPUTS_LABEL.
 inputs_hash() {
-    local f
-    {
-        printf 'code-server=%s\nnode=%s\nnpm=%s\nripgrep=%s\nipykernel=%s\npython=%s\nglibc=2.%s\narch=%s\nbase=%s\n' \
-            "$CODE_SERVER_VERSION" "$NODE_VERSION" "$NPM_VERSION" "$RIPGREP_SPEC" "$IPYKERNEL_SPEC" \
-            "$TARGET_PYTHON" "$TARGET_GLIBC_MINOR" "$(uname -m)" \
-            "$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || true)"
-        for f in "${IMAGE_FILES[@]}"; do
-            printf '%s %s\n' "$f" "$(sha256sum <"$IMAGE_DIR/$f" | cut -d' ' -f1)"
-        done
-    } | sha256sum | cut -c1-16
-}
-built_hash() {
-    docker image inspect -f "{{ index .Config.Labels \"$INPUTS_LABEL\" }}" "$1" 2>/dev/null || true
-}
-files_present() {
-    local f
-    for f in "${IMAGE_FILES[@]}"; do [[ -f "$IMAGE_DIR/$f" ]] || return 1; done
+    printf 'code-server=%s\nnode=%s\nnpm=%s\nripgrep=%s\nipykernel=%s\npython=%s\nglibc=2.%s\narch=%s\nbase=%s\n' \
+        "$CODE_SERVER_VERSION" "$NODE_VERSION" "$NPM_VERSION" "$RIPGREP_SPEC" "$IPYKERNEL_SPEC" \
+        "$TARGET_PYTHON" "$TARGET_GLIBC_MINOR" "$(uname -m)" \
+        "$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || true)" \
+        | hash_inputs "$IMAGE_DIR" "${IMAGE_FILES[@]}"
 }
 
 # --- preflight: say clearly what is missing ---------------------------------------
@@ -111,7 +100,7 @@ if ! command -v docker >/dev/null 2>&1; then
 elif ! docker_err="$(docker info 2>&1 >/dev/null)"; then
     missing+=("Docker engine not answering ('docker info' failed: $(printf '%s' "$docker_err" | grep -v '^$' | tail -n 1))")
 else
-    if image_exists "$IMAGE" && files_present; then
+    if image_exists "$IMAGE" && files_present "$IMAGE_DIR" "${IMAGE_FILES[@]}"; then
         want_hash="$(inputs_hash)" have_hash="$(built_hash "$IMAGE")"
         if [[ "$have_hash" == "$want_hash" && $FORCE -eq 0 ]]; then
             log "$IMAGE is up to date ($INPUTS_LABEL=$want_hash); nothing to do (pass --force to rebuild)."

@@ -78,26 +78,15 @@ trap 'exit 143' TERM
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 IMAGE_FILES=(Dockerfile ainb-editor overrides.json)
-INPUTS_LABEL=ainb.inputs
+# shellcheck source=images/inputs.sh
+source "$REPO/images/inputs.sh"
 
 # A hash of everything the image is built from; stamped on it as $INPUTS_LABEL.
 inputs_hash() {
-    local f
-    {
-        printf 'spec=%s\npython=%s\nglibc=2.%s\narch=%s\nbase=%s\n' "$JUPYTERLAB_SPEC" \
-            "$TARGET_PYTHON" "$TARGET_GLIBC_MINOR" "$(uname -m)" \
-            "$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || true)"
-        for f in "${IMAGE_FILES[@]}"; do
-            printf '%s %s\n' "$f" "$(sha256sum <"$IMAGE_DIR/$f" | cut -d' ' -f1)"
-        done
-    } | sha256sum | cut -c1-16
-}
-built_hash() {
-    docker image inspect -f "{{ index .Config.Labels \"$INPUTS_LABEL\" }}" "$1" 2>/dev/null || true
-}
-files_present() {
-    local f
-    for f in "${IMAGE_FILES[@]}"; do [[ -f "$IMAGE_DIR/$f" ]] || return 1; done
+    printf 'spec=%s\npython=%s\nglibc=2.%s\narch=%s\nbase=%s\n' "$JUPYTERLAB_SPEC" \
+        "$TARGET_PYTHON" "$TARGET_GLIBC_MINOR" "$(uname -m)" \
+        "$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || true)" \
+        | hash_inputs "$IMAGE_DIR" "${IMAGE_FILES[@]}"
 }
 
 show_images() {
@@ -113,7 +102,7 @@ elif ! docker_err="$(docker info 2>&1 >/dev/null)"; then
     missing+=("Docker engine not answering ('docker info' failed: $(printf '%s' "$docker_err" | grep -v '^$' | tail -n 1)). Start it, e.g.: mkdir -p /var/log/ainb && nohup dockerd --bridge=none --iptables=false >/var/log/ainb/dockerd.log 2>&1 &")
 fi
 if [[ ${#missing[@]} -eq 0 ]]; then
-    if image_exists "$IMAGE" && files_present; then
+    if image_exists "$IMAGE" && files_present "$IMAGE_DIR" "${IMAGE_FILES[@]}"; then
         want_hash="$(inputs_hash)" have_hash="$(built_hash "$IMAGE")"
         if [[ "$have_hash" == "$want_hash" && $FORCE -eq 0 ]]; then
             log "$IMAGE is up to date ($INPUTS_LABEL=$want_hash); nothing to do (pass --force to rebuild)."
@@ -134,7 +123,7 @@ if [[ $need_base -eq 1 ]]; then
     [[ "$(id -u)" -eq 0 ]] \
         || missing+=("not running as root, needed by debootstrap to create $BASE_IMAGE (run with sudo)")
 fi
-files_present \
+files_present "$IMAGE_DIR" "${IMAGE_FILES[@]}" \
     || missing+=("build files missing under $IMAGE_DIR (Dockerfile, ainb-editor, overrides.json)")
 if [[ ${#missing[@]} -gt 0 ]]; then
     printf '[build.sh] ERROR: cannot build %s, missing:\n' "$IMAGE" >&2

@@ -1843,11 +1843,17 @@ class _Puller:
             else:
                 files[rel] = item
         for rel in [r for r in files if r in dirs]:
-            runner.fail(
+            # A file (or link) and a directory of one name, which no file system holds: the
+            # directory is pulled and the object stays in storage untouched. Not a failure:
+            # a tree whose user pushed a link where a directory had been must still pull,
+            # or its notebook could never finish a stop.
+            log.warning(
+                "object '%s' is a file but other objects use '%s/' as a directory; only the "
+                "directory is pulled",
+                files[rel].key,
                 rel,
-                f"object '{files[rel].key}' is a file but other objects use '{rel}/' as a "
-                "directory; only the directory is pulled",
             )
+            stats.files_skipped += 1
             del files[rel]
 
         remote_keys = {it.key for it in files.values()} | {it.key for it in markers.values()}

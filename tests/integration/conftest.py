@@ -203,6 +203,20 @@ class Notebooks:
             f"{notebook_id} never reached {states}; saw {seen}; last {nb['status']}"
         )
 
+    def datasync(self, notebook_id: str, **body) -> dict:
+        """Ask for a datasync and wait until it is done or failed; its final record."""
+        r = self.api.post(f"{self.base}/{notebook_id}/datasync", json=body)
+        assert r.status_code == 202, r.text
+        job = r.json()["status"]["datasyncs"][-1]
+        assert job["state"] in ("queued", "running", "done")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            jobs = {d["id"]: d for d in self.get(notebook_id).json()["status"]["datasyncs"]}
+            if jobs[job["id"]]["state"] in ("done", "failed"):
+                return jobs[job["id"]]
+            time.sleep(0.2)
+        raise AssertionError(f"datasync {job} never finished")
+
     def containers(self, notebook_id: str) -> list:
         return self.docker.containers.list(
             all=True, filters={"label": f"{NOTEBOOK_LABEL}={notebook_id}"}

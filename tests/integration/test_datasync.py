@@ -20,20 +20,6 @@ def _exec(container, script: str) -> str:
     return output.decode()
 
 
-def _datasync(notebooks: Notebooks, nid: str, **body) -> dict:
-    r = notebooks.api.post(f"{notebooks.base}/{nid}/datasync", json=body)
-    assert r.status_code == 202, r.text
-    job = r.json()["status"]["datasyncs"][-1]
-    assert job["state"] in ("queued", "running", "done")
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        jobs = {d["id"]: d for d in notebooks.get(nid).json()["status"]["datasyncs"]}
-        if jobs[job["id"]]["state"] in ("done", "failed"):
-            return jobs[job["id"]]
-        time.sleep(0.2)
-    raise AssertionError(f"datasync {job} never finished")
-
-
 def test_datasync_push_and_pull_while_running(notebooks: Notebooks, s3) -> None:
     data_in = make_bucket(s3, "ds", {"a.txt": b"first\n"})
     data_out = make_bucket(s3, "ds", {"keep.txt": b"remote\n"})
@@ -47,7 +33,7 @@ def test_datasync_push_and_pull_while_running(notebooks: Notebooks, s3) -> None:
         [container] = notebooks.containers(nid)
         _exec(container, "echo made-inside > /workspace/out/new.txt && rm /workspace/out/keep.txt")
 
-        job = _datasync(notebooks, nid, direction="push", volume="/workspace/out")
+        job = notebooks.datasync(nid, direction="push", volume="/workspace/out")
         assert job["state"] == "done", job
         assert job["targets"] == ["/workspace/out"] and job["files_done"] == 1
         out = bucket_keys(s3, data_out)
@@ -57,7 +43,7 @@ def test_datasync_push_and_pull_while_running(notebooks: Notebooks, s3) -> None:
         assert nb["status"]["volumes"][1]["last_sync"]["direction"] == "push"
 
         s3.put_object(Bucket=data_in, Key="b.txt", Body=b"arrived later\n")
-        job = _datasync(notebooks, nid, direction="pull")
+        job = notebooks.datasync(nid, direction="pull")
         assert job["state"] == "done" and job["targets"] == ["/workspace/in", "/workspace/out"]
         assert _exec(container, "cat /workspace/in/b.txt") == "arrived later\n"
         # the file the notebook wrote and pushed is still there after the pull
@@ -67,7 +53,7 @@ def test_datasync_push_and_pull_while_running(notebooks: Notebooks, s3) -> None:
         # where the user sees it, inside the workspace (saved with it at stop)
         _exec(container, "echo local-edit > /workspace/out/new.txt")
         s3.put_object(Bucket=data_out, Key="new.txt", Body=b"remote-edit\n")
-        job = _datasync(notebooks, nid, direction="pull", volume="/workspace/out")
+        job = notebooks.datasync(nid, direction="pull", volume="/workspace/out")
         assert job["state"] == "done", job
         assert _exec(container, "cat /workspace/out/new.txt") == "remote-edit\n"
         assert _exec(container, "cat /workspace/.ainb-preserved/out/*/new.txt") == "local-edit\n"

@@ -245,7 +245,7 @@ def test_a_racing_link_swap_never_reaches_the_host(
     rounds = 0
     while time.monotonic() < deadline:
         for body in ({"direction": "push"}, {"direction": "pull", "volume": "/workspace/data"}):
-            _datasync(notebooks, nid, **body)  # done or failed: a swap may fail a file
+            notebooks.datasync(nid, **body)  # done or failed: a swap may fail a file
         rounds += 1
     assert rounds >= 3
     time.sleep(6)  # the swappers end
@@ -266,16 +266,3 @@ def test_a_racing_link_swap_never_reaches_the_host(
     assert (host_dir / "f0").read_bytes() == canary
     notebooks.delete(nid)
     notebooks.wait(nid, "DELETED")
-
-
-def _datasync(notebooks: Notebooks, nid: str, **body) -> dict:
-    r = notebooks.api.post(f"{notebooks.base}/{nid}/datasync", json=body)
-    assert r.status_code == 202, r.text
-    job = r.json()["status"]["datasyncs"][-1]
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        jobs = {d["id"]: d for d in notebooks.get(nid).json()["status"]["datasyncs"]}
-        if jobs[job["id"]]["state"] in ("done", "failed"):
-            return jobs[job["id"]]
-        time.sleep(0.2)
-    raise AssertionError(f"datasync {job} never finished")

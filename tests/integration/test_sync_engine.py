@@ -300,3 +300,27 @@ def test_server_down_mid_sync_is_unavailable(tmp_path):
         with pytest.raises(StorageUnavailableError):
             sync.pull(client, "down", "p", tmp_path / "dst", should_stop=kill_server_once)
         assert not leftovers(tmp_path / "dst")
+
+
+def test_a_link_pushed_where_a_directory_was_does_not_block_pulls(s3, bucket, prefix, tmp_path):
+    """A tree's user swaps a directory for a link and an rw push stores the link beside
+    the directory's objects (rw keeps remote objects): no file system can hold both, so
+    the directory is pulled, the link's object stays in storage, and the pull completes
+    (else a notebook could never finish the pull its stop needs)."""
+    tree = tmp_path / "tree"
+    (tree / "d").mkdir(parents=True)
+    (tree / "d" / "f").write_bytes(b"in d\n")
+    sync.push(s3, tree, bucket, prefix)
+    (tree / "d" / "f").unlink()
+    (tree / "d").rmdir()
+    (tree / "d").symlink_to("/etc")
+    sync.push(s3, tree, bucket, prefix)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
+    assert {f"{prefix}/d", f"{prefix}/d/f"} <= keys
+
+    fresh = tmp_path / "fresh"
+    stats = sync.pull(s3, bucket, prefix, fresh, delete=True)
+    assert (fresh / "d" / "f").read_bytes() == b"in d\n" and not (fresh / "d").is_symlink()
+    assert stats.files_failed == 0 and stats.files_skipped >= 1
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
+    assert f"{prefix}/d" in keys  # untouched in storage
