@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect as ws_connect
 from api import tunnel
 from api.gateway import HOP_BY_HOP, Gateway, Refused, downstream_cookie
 from domain.gateway import GATEWAY_ROOT
+from domain.ids import valid_notebook_id
 
 router = APIRouter(tags=["gateway"], include_in_schema=False)
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -33,8 +34,10 @@ async def legacy_path(request: Request, project: str, notebook_id: str, path: st
     """Links from before notebooks had their own origin: sent on there, path and query
     kept (JupyterLab served under the prefix; now at the origin's root)."""
     gw: Gateway = request.app.state.gateway
+    if not valid_notebook_id(notebook_id):  # it becomes a host name: nothing else may
+        return JSONResponse({"error": f"notebook {notebook_id} not found"}, status_code=404)
     query = f"?{request.url.query}" if request.url.query else ""
-    return RedirectResponse(gw.origin(notebook_id.lower()) + "/" + path + query, status_code=307)
+    return RedirectResponse(gw.origin(notebook_id) + "/" + path + query, status_code=307)
 
 
 class NotebookOrigins:

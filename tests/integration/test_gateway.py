@@ -102,6 +102,9 @@ def test_jupyterlab_at_its_own_origin_kernel_over_websocket(
     # The old path on the API's origin only sends people on to the notebook's origin.
     old = httpx.get(stack.api_url + legacy_prefix(notebooks.project, nid) + "lab?token=t")
     assert old.status_code == 307 and old.headers["location"] == f"{root}/lab?token=t"
+    # Only a notebook id becomes a host name there: no redirect anywhere else.
+    elsewhere = httpx.get(stack.api_url + f"/notebooks/{notebooks.project}/evil.example%23/lab")
+    assert elsewhere.status_code == 404 and "location" not in elsewhere.headers
 
     assert notebooks.delete(nid).status_code == 202
     notebooks.wait(nid, "DELETED")
