@@ -23,7 +23,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.paths import NotebookPaths, notebooks_dir
+from activities.paths import NotebookPaths, host_dir, notebooks_dir
 from activities.runtime import editor_socket
 from activities.runtime.base import (
     ContainerRuntime,
@@ -122,7 +122,7 @@ class HostActivities:
         self._notebooks_dir = notebooks_dir(settings.data_dir, settings.host_name)
         self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="host-activity")
         self._cache = VolumeCache(
-            (settings.data_dir / "hosts" / settings.host_name / "cache").resolve(),
+            host_dir(settings.data_dir, settings.host_name) / "cache",
             settings.volume_cache_ttl_s,
         )
 

@@ -9,8 +9,14 @@ from pathlib import Path
 from domain.ids import valid_notebook_id
 
 
+def host_dir(data_dir: Path, host_name: str) -> Path:
+    """One host's part of the data directory (notebooks, caches, runtime state): closed to
+    other local users."""
+    return (data_dir / "hosts" / host_name).resolve()
+
+
 def notebooks_dir(data_dir: Path, host_name: str) -> Path:
-    return (data_dir / "hosts" / host_name / "notebooks").resolve()
+    return host_dir(data_dir, host_name) / "notebooks"
 
 
 class NotebookPaths:

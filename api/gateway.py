@@ -97,7 +97,8 @@ class Gateway:
         self._projects: dict[str, str] = {}  # notebook id -> project: never changes
         self._unknown: dict[str, float] = {}
         self._routes: dict[str, tuple[float, Route]] = {}
-        self._tunnels: tuple[float, dict[str, str]] = (0.0, {})
+        # (expiry, host name -> host:port of its agent's tunnel), from the fleet's view.
+        self._agents: tuple[float, dict[str, str]] = (0.0, {})
         self._session_cookies: dict[str, str] = {}
         self.targets = tunnel.Targets()
         self.tunnel_token = tunnel_token(settings.token_secret.get_secret_value())
@@ -161,7 +162,7 @@ class Gateway:
         return route
 
     async def _tunnel_addresses(self) -> dict[str, str]:
-        expires, addresses = self._tunnels
+        expires, addresses = self._agents
         if expires > time.monotonic() or self._fleet is None:
             return addresses
         try:
@@ -173,12 +174,12 @@ class Gateway:
             for h in view.hosts
             if h.state == "up" and h.inventory.editor_tunnel
         }
-        self._tunnels = (time.monotonic() + ROUTE_TTL_S, addresses)
+        self._agents = (time.monotonic() + ROUTE_TTL_S, addresses)
         return addresses
 
     def forget(self, route: Route) -> None:
         self._routes.pop(route.notebook_id, None)
-        self._tunnels = (0.0, self._tunnels[1])
+        self._agents = (0.0, self._agents[1])
         self.tunnels.drop(route.notebook_id)
 
     @staticmethod

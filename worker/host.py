@@ -9,6 +9,7 @@ from datetime import timedelta
 from temporalio.worker import Worker
 
 from activities.host import HostActivities
+from activities.paths import host_dir
 from activities.runtime.base import ContainerRuntime
 from activities.runtime.docker_runtime import DockerRuntime, engine_answers
 from activities.runtime.local_runtime import LocalRuntime
@@ -49,16 +50,16 @@ def check_isolation(settings: Settings) -> None:
 def choose_runtime(settings: Settings) -> ContainerRuntime:
     """Containers, always, unless a simulated or a local-process host was asked for by
     name: the local-process runtime runs notebook code with this agent's rights."""
-    host_dir = (settings.data_dir / "hosts" / settings.host_name).resolve()
+    state = host_dir(settings.data_dir, settings.host_name)
     if settings.runtime == "sim":
-        return SimRuntime(host_dir / "sim-runtime")
+        return SimRuntime(state / "sim-runtime")
     if settings.runtime == "local":
         log.warning(
             "host %s runs notebooks as LOCAL PROCESSES (runtime 'local'): a single-user "
             "development choice, with no isolation between notebooks and this machine",
             settings.host_name,
         )
-        return LocalRuntime(host_dir / "local-runtime")
+        return LocalRuntime(state / "local-runtime")
     if settings.runtime == "auto" and not engine_answers():
         raise UnsafeSettings(
             f"host {settings.host_name}: no Docker engine answers, and notebooks only run in "
@@ -85,9 +86,9 @@ def build_worker(client, settings: Settings, runtime: ContainerRuntime) -> Worke
 async def amain() -> None:
     settings = Settings.load()
     settings.require_token_secret()
-    host_dir = settings.data_dir / "hosts" / settings.host_name
-    host_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    host_dir.chmod(0o700)  # notebooks' data: no other local user reads it
+    state = host_dir(settings.data_dir, settings.host_name)
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state.chmod(0o700)  # notebooks' data: no other local user reads it
     runtime = choose_runtime(settings)
     log.info("host %s uses the %s runtime", settings.host_name, runtime.name)
     client = await connect(settings)

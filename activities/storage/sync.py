@@ -2743,6 +2743,7 @@ class _Pusher:
             size = st.st_size
             headers = _meta_headers(self._metadata(item.local, st))
             progress = _Progress(self.runner) if size >= MULTIPART_THRESHOLD else None
+            source: dict[str, Any]
             if size <= IN_MEMORY_UPLOAD_LIMIT:
                 data = os.read(fd, size + 1) if size else b""
                 if not self._same_stat(st, os.fstat(fd)) or len(data) != size:
@@ -2751,32 +2752,14 @@ class _Pusher:
                 headers.append(("Content-MD5", md5))
                 os.close(fd)
                 fd = -1
-                job = _PutJob(fd, st, attempt, progress, None)
-                return self.runner.engine.put(
-                    ctx.bucket,
-                    item.key,
-                    headers,
-                    notify,
-                    size=size,
-                    body=data,
-                    context=job,
-                    on_progress=progress,
-                )
-            if not _HAVE_PROC_FD:
+                source = {"body": data}
+            elif not _HAVE_PROC_FD:
                 # no /proc/self/fd: the CRT reads our descriptor as a stream (never a path)
-                job = _PutJob(fd, st, attempt, progress, None)
-                return self.runner.engine.put(
-                    ctx.bucket,
-                    item.key,
-                    headers,
-                    notify,
-                    size=size,
-                    body_fd=fd,
-                    context=job,
-                    on_progress=progress,
-                )
-            # stream from the file we opened (never re-resolve the path: it could be a
-            # symlink by now); the CRT reads /proc/self/fd/N, i.e. this very inode
+                source = {"body_fd": fd}
+            else:
+                # stream from the file we opened (never re-resolve the path: it could be a
+                # symlink by now); the CRT reads /proc/self/fd/N, i.e. this very inode
+                source = {"send_filepath": f"{_PROC_FD}/{fd}"}
             job = _PutJob(fd, st, attempt, progress, None)
             return self.runner.engine.put(
                 ctx.bucket,
@@ -2784,9 +2767,9 @@ class _Pusher:
                 headers,
                 notify,
                 size=size,
-                send_filepath=f"{_PROC_FD}/{fd}",
                 context=job,
                 on_progress=progress,
+                **source,
             )
         except BaseException:
             if fd >= 0:
