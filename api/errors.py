@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 
 
 class ApiError(Exception):
@@ -17,6 +18,7 @@ class ApiError(Exception):
         *,
         field: str | None = None,
         details: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -25,6 +27,41 @@ class ApiError(Exception):
         # More named facts of the refusal (a storage 403: alias, bucket, prefix, rule), in
         # the body beside "field" and in its "errors" entry.
         self.details = details or {}
+        self.headers = headers
+
+
+class FieldError(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: what went wrong, and the field it names when one is to blame."""
+
+    model_config = ConfigDict(extra="allow")
+    error: str
+    field: str | None = None
+    errors: list[FieldError] | None = None
+
+
+def _documented(description: str) -> dict:
+    return {"model": ErrorBody, "description": description}
+
+
+# What any authenticated route may answer besides its success (the OpenAPI document says
+# so, and the schema tests hold every answer to it).
+ERROR_RESPONSES: dict[int | str, dict] = {
+    401: _documented("no API token, or not a valid one"),
+    403: _documented("the token may not do this"),
+    422: _documented("invalid input; `field` names it"),
+    503: _documented("the control plane did not answer in time"),
+}
+NOTEBOOK_RESPONSES: dict[int | str, dict] = {
+    **ERROR_RESPONSES,
+    404: _documented("no such notebook in the project (or not within the token's reach)"),
+    409: _documented("the notebook's state forbids it"),
+}
 
 
 def _field(loc: tuple | list) -> str:
@@ -44,7 +81,7 @@ def install(app: FastAPI) -> None:
             body["field"] = err.field
             body["errors"] = [{"field": err.field, "message": err.message, **err.details}]
         body.update({k: v for k, v in err.details.items() if k not in body})
-        return JSONResponse(status_code=err.status, content=body)
+        return JSONResponse(status_code=err.status, content=body, headers=err.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:

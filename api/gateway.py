@@ -1,12 +1,15 @@
 """The gateway: each notebook at its own origin (`http://{id}.localhost:8000`), forwarded
 (HTTP and WebSocket) through the tunnel of the host agent that runs its editor now.
 
-Access: the notebook's token or an API token of its project (`?token=`, `Authorization:
-token|Bearer …`, or the host-only cookie the gateway sets after either), unless the
-notebook is `unsecure_http`. An authenticated request reaches the editor already signed
-in: the gateway adds the editor's own credentials, so one token link opens JupyterLab or
-VS Code. A request without credentials passes through unchanged and meets the editor's
-own login, which still wants the same token; a wrong explicit token is refused here.
+Access: the notebook's link token (status.url; bound to its project, id and token
+generation), or an API token that may open the project's editors (role operator or
+administrator, its label selector matching the notebook) — as `?token=`, `Authorization:
+token|Bearer …`, or the host-only cookie the gateway sets after either, which names who
+opened the session and is checked again on every request (a rotation or a revoked token
+ends it) — unless the notebook is `unsecure_http`. An authenticated request reaches the
+editor already signed in: the gateway adds the editor's own credentials, which never
+leave the platform, so one link opens JupyterLab or VS Code. Anything else is refused
+here (401), never passed to the editor's login.
 
 Isolation: one origin per notebook keeps pages of notebook A from reading notebook B or
 the REST API with the visitor's cookies; requests another origin's page makes here
@@ -25,16 +28,18 @@ from fastapi.responses import Response
 from temporalio.client import Client
 
 from api import tunnel
+from api.auth import Authenticator
 from api.errors import ApiError
 from api.fleet import FleetService
 from api.service import NotebookService
 from domain import search_attributes as sa
+from domain.access import Action, reaches, refusal
 from domain.config import Settings
 from domain.gateway import host_matcher, notebook_origin
 from domain.ids import valid_notebook_id
 from domain.spec import Editor
 from domain.states import NotebookState
-from domain.tokens import tunnel_token
+from domain.tokens import link_token, session_mac, tunnel_token
 
 # Where a notebook runs changes only at a start; a short cache spares a Temporal query per
 # asset while a stale entry costs at most this long (a refused tunnel drops it at once).
@@ -70,6 +75,8 @@ class Route:
     state: NotebookState
     # host:port of the tunnel of the agent running the editor, while it serves.
     tunnel: str | None
+    labels: dict[str, str]
+    token_generation: int
 
 
 class Refused(Exception):
@@ -87,8 +94,11 @@ class Gateway:
         settings: Settings,
         fleet: FleetService | None = None,
         client: Client | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self._service = service
+        self._auth = auth
+        self._secret = settings.token_secret.get_secret_value()
         self._fleet = fleet
         self._client = client
         self._settings = settings
@@ -151,7 +161,14 @@ class Gateway:
         if (nb.status.endpoint or "").startswith("unix:") and nb.status.host:
             address = (await self._tunnel_addresses()).get(nb.status.host)
         route = Route(
-            project, notebook_id, nb.spec.editor, nb.spec.unsecure_http, nb.status.state, address
+            project,
+            notebook_id,
+            nb.spec.editor,
+            nb.spec.unsecure_http,
+            nb.status.state,
+            address,
+            dict(nb.spec.labels),
+            nb.status.token_generation,
         )
         now = time.monotonic()
         if len(self._routes) > 10_000:
@@ -177,6 +194,10 @@ class Gateway:
         self._agents = (time.monotonic() + ROUTE_TTL_S, addresses)
         return addresses
 
+    def invalidate(self, notebook_id: str) -> None:
+        """The notebook changed in a way that matters here (a token rotation): ask again."""
+        self._routes.pop(notebook_id, None)
+
     def forget(self, route: Route) -> None:
         self._routes.pop(route.notebook_id, None)
         self._agents = (0.0, self._agents[1])
@@ -201,15 +222,50 @@ class Gateway:
 
     # ------------------------------------------------------------------- access
 
-    def _valid(self, route: Route, token: str) -> bool:
+    def _link(self, route: Route) -> str:
+        return link_token(self._secret, route.project, route.notebook_id, route.token_generation)
+
+    async def _who(self, route: Route, token: str) -> str | None:
+        """Who a token is on this notebook: "link" for its link token, an API token's id
+        for a token that may open it, None for no valid token; Refused (403) for a valid
+        token that may not."""
         # Bytes: a token that is not ASCII is just a wrong one, never an error.
         given = token.encode("utf-8", "surrogateescape")
-        if hmac.compare_digest(given, self._service.editor_token(route.notebook_id).encode()):
-            return True
-        return any(
-            hmac.compare_digest(given, t.get_secret_value().encode())
-            for t in self._settings.api_tokens.get(route.project, [])
+        if hmac.compare_digest(given, self._link(route).encode()):
+            return "link"
+        principal = await self._auth.principal(token) if self._auth else None
+        if principal is None:
+            return None
+        self._may_open(route, principal)
+        return principal.token_id
+
+    def _may_open(self, route: Route, principal) -> None:
+        if why := refusal(principal, Action.OPEN_EDITOR, route.project):
+            raise Refused(403, f"notebook {route.notebook_id}: {why}")
+        if not reaches(principal.selector, route.labels):
+            raise Refused(404, f"notebook {route.notebook_id} not found")
+
+    def _session(self, route: Route, who: str) -> str:
+        mac = session_mac(
+            self._secret, route.project, route.notebook_id, route.token_generation, who
         )
+        return f"{who}.{mac}"
+
+    async def _session_valid(self, route: Route, cookie: str) -> bool:
+        who, _, _ = cookie.partition(".")
+        expected = self._session(route, who).encode()
+        if not who or not hmac.compare_digest(cookie.encode("utf-8", "surrogateescape"), expected):
+            return False  # another generation, another notebook, or made up
+        if who == "link":
+            return True
+        principal = await self._auth.by_id(who) if self._auth else None
+        if principal is None:
+            return False  # revoked or expired since the session began
+        try:
+            self._may_open(route, principal)
+        except Refused:
+            return False
+        return True
 
     def check_origin(self, route: Route, headers, *, websocket: bool = False) -> None:
         """Only the notebook's own pages may call it: a page of another origin (another
@@ -223,31 +279,41 @@ class Gateway:
         if site in ("cross-site", "same-site") and not navigating:
             raise Refused(403, f"{site} requests to notebook {route.notebook_id} refused")
 
-    async def admit(self, conn, notebook_id: str) -> tuple[Route, bool, bool]:
-        """(route, authorized, set the cookie) for a request or WebSocket to a notebook, or
-        Refused: who may come in, from where, and whether the editor serves now."""
+    async def admit(self, conn, notebook_id: str) -> tuple[Route, bool, str | None]:
+        """(route, authorized, the session cookie to set) for a request or WebSocket to a
+        notebook, or Refused: who may come in, from where, and whether it serves now."""
         route = await self.route(notebook_id)
         self.check_origin(route, conn.headers, websocket=conn.scope["type"] == "websocket")
-        authorized, remember = self.authorize(route, conn.query_params, conn.headers, conn.cookies)
+        authorized, session = await self.authorize(
+            route, conn.query_params, conn.headers, conn.cookies
+        )
         self.serving(route)
-        return route, authorized, remember
+        return route, authorized, session
 
-    def authorize(self, route: Route, query, headers, cookies) -> tuple[bool, bool]:
-        """(authorized, set the cookie): explicit tokens must be valid; a stale cookie is
-        ignored; none at all passes through to the editor's own login. An unsecure_http
-        notebook needs none: nothing is checked or added."""
+    async def authorize(self, route: Route, query, headers, cookies) -> tuple[bool, str | None]:
+        """(authorized, the session cookie to set): an explicit token must be valid, else
+        the cookie must be; nothing valid is a 401. An unsecure_http notebook needs none:
+        nothing is checked or added."""
         if route.unsecure_http:
-            return False, False
+            return False, None
         explicit = query.get("token")
         scheme, _, value = headers.get("authorization", "").partition(" ")
         if explicit is None and scheme.lower() in ("token", "bearer") and value:
             explicit = value.strip()
         if explicit is not None:
-            if not self._valid(route, explicit):
+            who = await self._who(route, explicit)
+            if who is None:
                 raise Refused(401, f"the token is not valid for notebook {route.notebook_id}")
-            return True, True
+            return True, self._session(route, who)
         cookie = cookies.get(COOKIE_PREFIX + route.notebook_id)
-        return bool(cookie and self._valid(route, cookie)), False
+        if cookie and await self._session_valid(route, cookie):
+            return True, None
+        raise Refused(
+            401,
+            f"notebook {route.notebook_id} is private: open the link in its status.url (or "
+            "add ?token= with an API token that may open it)"
+            + ("; the link you used is from before a token rotation" if cookie else ""),
+        )
 
     def editor_credentials(self, route: Route) -> tuple[dict[str, str], dict[str, str]]:
         """Headers and cookies that sign a request in to the editor itself (only for a
@@ -261,12 +327,12 @@ class Gateway:
             return {}, {CODE_SERVER_COOKIE: hashed}
         return {"authorization": f"token {token}"}, {}
 
-    def set_cookie(self, response: Response, route: Route, secure: bool) -> None:
+    def set_cookie(self, response: Response, route: Route, session: str, secure: bool) -> None:
         # Host-only (no Domain): no other notebook's origin ever receives it. Strict: a
         # page of another site can never make the browser send it.
         response.set_cookie(
             COOKIE_PREFIX + route.notebook_id,
-            self._service.editor_token(route.notebook_id),
+            session,
             path="/",
             httponly=True,
             samesite="strict",

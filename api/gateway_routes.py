@@ -96,7 +96,7 @@ async def forward(gw: Gateway, notebook_id: str, request: Request) -> Response:
     has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
     for attempt in (1, 2):
         try:
-            route, authorized, remember = await gw.admit(request, notebook_id)
+            route, authorized, session = await gw.admit(request, notebook_id)
         except Refused as err:
             return _refusal(request.headers, err)
         try:
@@ -132,8 +132,8 @@ async def forward(gw: Gateway, notebook_id: str, request: Request) -> Response:
             answer.body(), status_code=answer.status, background=BackgroundTask(answer.close)
         )
     response.raw_headers = headers
-    if remember:
-        gw.set_cookie(response, route, secure=gw.origin(notebook_id).startswith("https:"))
+    if session:
+        gw.set_cookie(response, route, session, secure=gw.origin(notebook_id).startswith("https:"))
     return response
 
 

@@ -10,13 +10,17 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors, gateway_routes
+from api.auth import Authenticator
+from api.browser_safety import ApiGuard
 from api.client import services
 from api.gateway import Gateway
 from api.logs import LogService
-from api.routers import capabilities, fleet, health, notebooks, usage
+from api.routers import capabilities, fleet, health, notebooks, tokens, usage
 from domain.config import Settings
+from ledger.access_store import AccessStore
 from worker.connect import connect
 
 
@@ -34,7 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.fleet = svc.fleet
         app.state.service = svc.notebooks
         app.state.usage = svc.usage
-        app.state.gateway = Gateway(svc.notebooks, settings, svc.fleet, svc.client)
+        app.state.auth = Authenticator(settings, AccessStore(settings.ledger_file))
+        app.state.gateway = Gateway(svc.notebooks, settings, svc.fleet, svc.client, app.state.auth)
         app.state.logs = LogService(svc.notebooks, svc.fleet, settings)
         try:
             yield
@@ -44,7 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="ainb",
-        description="Managed AI notebooks: each one a durable Temporal workflow.",
+        description="Managed AI notebooks: each one a durable Temporal workflow. Every call "
+        "but /healthz wants an API token: `Authorization: Bearer <token>`.",
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -54,7 +60,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(fleet.router)
     app.include_router(capabilities.router)
+    app.include_router(tokens.router)
     app.include_router(gateway_routes.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["authorization", "content-type"],
+            allow_credentials=False,  # credentials are a header, never a cookie
+        )
+    app.add_middleware(ApiGuard, settings=settings)
     # Outermost: a notebook's origin is the gateway's whatever the path, never the API's.
     app.add_middleware(gateway_routes.NotebookOrigins)
     return app

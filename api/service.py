@@ -20,15 +20,21 @@ from api.errors import ApiError
 from api.fleet import FleetService
 from domain import codes
 from domain import search_attributes as sa
+from domain.access import Principal, reaches, selector_problem
 from domain.config import Settings
 from domain.gateway import notebook_url
 from domain.ids import CONTROL_TASK_QUEUE, valid_notebook_id, workflow_id
 from domain.messages import (
+    DataSyncCommand,
     DataSyncRequest,
     DeleteRequest,
+    Issued,
+    LabelsCommand,
     LabelsRequest,
     NotebookInput,
+    PatchCommand,
     PatchRequest,
+    RotateTokenRequest,
     StartRequest,
     StopRequest,
     Tuning,
@@ -43,7 +49,7 @@ from domain.status import (
     SyncState,
     initial_notebook,
 )
-from domain.tokens import editor_token
+from domain.tokens import editor_token, link_token
 
 WORKFLOW_TYPE = "Notebook"
 RPC_TIMEOUT = timedelta(seconds=15)
@@ -75,14 +81,14 @@ class NotebookService:
         )
 
     def _present(self, notebook: Notebook) -> Notebook:
-        """The gateway's address while the editor serves somewhere, with the editor token:
-        it is derived here, never stored in history."""
+        """The gateway's address while the editor serves somewhere, with the notebook's
+        link token: it is derived here, never stored in history."""
         status = notebook.status
         url = None
         if status.endpoint:
             url = notebook_url(self._origins, notebook.spec.editor, notebook.id)
             if not notebook.spec.unsecure_http:
-                url += f"?token={self.editor_token(notebook.id)}"
+                url += f"?token={self.link_token(notebook)}"
         if url != status.url:
             notebook = notebook.model_copy(
                 update={"status": status.model_copy(update={"url": url})}
@@ -90,7 +96,18 @@ class NotebookService:
         return notebook
 
     def editor_token(self, notebook_id: str) -> str:
+        """What the gateway signs in to the editor with (never shown to anyone)."""
         return editor_token(self._settings.token_secret.get_secret_value(), notebook_id)
+
+    def link_token(self, notebook: Notebook) -> str:
+        """What opens the notebook through the gateway: bound to its project, id and token
+        generation, so a rotation ends every link and session of the generation before."""
+        return link_token(
+            self._settings.token_secret.get_secret_value(),
+            notebook.project,
+            notebook.id,
+            notebook.status.token_generation,
+        )
 
     async def locate(self, project: str, notebook_id: str) -> Notebook:
         """The notebook as its workflow knows it, nothing added: what the gateway routes by."""
@@ -108,7 +125,11 @@ class NotebookService:
             raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
         return self._client.get_workflow_handle(workflow_id(project, notebook_id))
 
-    async def create(self, project: str, spec: NotebookSpec) -> Notebook:
+    async def create(
+        self, project: str, spec: NotebookSpec, caller: Principal | None = None
+    ) -> Notebook:
+        if caller is not None and (problem := selector_problem(caller.selector, spec.labels)):
+            raise ApiError(403, f"labels: {problem}", field="labels")
         spec, image = catalog.validate(self._settings, spec, project)
         catalog.check_timeout(self._settings, spec.timeout)
         await self._fleet.check_project_quota(project, spec.resources.gpu or 0)
@@ -120,6 +141,7 @@ class NotebookService:
             workspace_bucket=self._settings.workspace_bucket,
             created_at=datetime.now(UTC),
             tuning=self._tuning(),
+            created_by=caller.actor if caller is not None else None,
         )
         notebook = initial_notebook(inp)
         await self._client.start_workflow(
@@ -148,7 +170,9 @@ class NotebookService:
         )
         return self._present(notebook)
 
-    async def get(self, project: str, notebook_id: str) -> Notebook:
+    async def get(
+        self, project: str, notebook_id: str, caller: Principal | None = None
+    ) -> Notebook:
         handle = self._handle(project, notebook_id)
         try:
             notebook = await handle.query("get", result_type=Notebook, rpc_timeout=QUERY_TIMEOUT)
@@ -156,7 +180,7 @@ class NotebookService:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise self._rpc_error(err, project, notebook_id) from err
             notebook = await self._from_visibility(handle, project, notebook_id)
-        if notebook.status.state == NotebookState.DELETED:
+        if notebook.status.state == NotebookState.DELETED or not _reached(caller, notebook):
             raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
         await self._add_live_progress(handle, notebook)
         await self._add_queue_position(notebook)
@@ -239,8 +263,16 @@ class NotebookService:
         return Notebook.model_validate({**base, "status": status.model_dump(mode="json")})
 
     async def list(
-        self, project: str, state: NotebookState | None = None, labels: dict[str, str] | None = None
+        self,
+        project: str,
+        state: NotebookState | None = None,
+        labels: dict[str, str] | None = None,
+        caller: Principal | None = None,
     ) -> list[Notebook]:
+        labels = dict(labels or {})
+        for key, value in (caller.selector if caller else {}).items():
+            if labels.setdefault(key, value) != value:
+                return []  # asks for notebooks outside the token's reach: there are none
         query = f"WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running' AND NotebookProject = '{project}'"
         # The state filter is applied to each notebook's queried state, not to the
         # NotebookState search attribute: visibility can trail a transition by seconds
@@ -256,7 +288,7 @@ class NotebookService:
         async def one(notebook_id: str) -> Notebook | None:
             async with gate:
                 try:
-                    return await self.get(project, notebook_id)
+                    return await self.get(project, notebook_id, caller)
                 except ApiError:
                     return None  # deleted between the list and the query
 
@@ -267,8 +299,12 @@ class NotebookService:
         notebooks.sort(key=lambda n: n.created_at)
         return notebooks
 
-    async def _update(self, project: str, notebook_id: str, name: str, arg: object) -> Notebook:
+    async def _update(
+        self, project: str, notebook_id: str, name: str, arg: Issued, caller: Principal | None
+    ) -> Notebook:
         handle = self._handle(project, notebook_id)
+        if caller is not None:
+            arg = arg.model_copy(update={"by": caller.actor, "reach": dict(caller.selector)})
         try:
             notebook = await handle.execute_update(
                 name, arg, result_type=Notebook, rpc_timeout=UPDATE_TIMEOUT
@@ -280,6 +316,9 @@ class NotebookService:
             if isinstance(cause, ApplicationError) and cause.type == "INVALID":
                 field = cause.details[0] if cause.details else None
                 raise ApiError(422, cause.message, field=field) from err
+            if isinstance(cause, ApplicationError) and cause.type == "FORBIDDEN":
+                field = cause.details[0] if cause.details else None
+                raise ApiError(403, cause.message, field=field) from err
             if isinstance(cause, ApplicationError) and cause.type == "GONE":
                 raise ApiError(
                     404, f"notebook {notebook_id} not found in project {project}"
@@ -289,33 +328,63 @@ class NotebookService:
             raise self._rpc_error(err, project, notebook_id) from err
         return self._present(notebook)
 
-    async def start(self, project: str, notebook_id: str) -> Notebook:
-        current = await self.get(project, notebook_id)
+    async def start(
+        self, project: str, notebook_id: str, caller: Principal | None = None
+    ) -> Notebook:
+        current = await self.get(project, notebook_id, caller)
         if current.status.state in (
             NotebookState.STOPPED,
             NotebookState.FAILED,
             NotebookState.ERROR,
         ):
             await self._fleet.check_project_quota(project, current.spec.resources.gpu or 0)
-        return await self._update(project, notebook_id, "start", StartRequest())
+        return await self._update(project, notebook_id, "start", StartRequest(), caller)
 
-    async def stop(self, project: str, notebook_id: str) -> Notebook:
-        return await self._update(project, notebook_id, "stop", StopRequest())
+    async def stop(
+        self, project: str, notebook_id: str, caller: Principal | None = None
+    ) -> Notebook:
+        return await self._update(project, notebook_id, "stop", StopRequest(), caller)
 
-    async def patch(self, project: str, notebook_id: str, req: PatchRequest) -> Notebook:
+    async def patch(
+        self, project: str, notebook_id: str, req: PatchRequest, caller: Principal | None = None
+    ) -> Notebook:
         if req.timeout is not None:
             catalog.check_timeout(self._settings, req.timeout)
-        return await self._update(project, notebook_id, "patch", req)
+        command = PatchCommand(**req.model_dump())
+        return await self._update(project, notebook_id, "patch", command, caller)
 
-    async def set_labels(self, project: str, notebook_id: str, req: LabelsRequest) -> Notebook:
-        return await self._update(project, notebook_id, "set_labels", req)
+    async def set_labels(
+        self, project: str, notebook_id: str, req: LabelsRequest, caller: Principal | None = None
+    ) -> Notebook:
+        if caller is not None and (problem := selector_problem(caller.selector, req.labels)):
+            # The notebook may not exist at all: only a token that reaches it learns more.
+            await self.get(project, notebook_id, caller)
+            raise ApiError(403, f"labels: {problem}", field="labels")
+        command = LabelsCommand(**req.model_dump())
+        return await self._update(project, notebook_id, "set_labels", command, caller)
 
-    async def datasync(self, project: str, notebook_id: str, req: DataSyncRequest) -> Notebook:
-        return await self._update(project, notebook_id, "datasync", req)
+    async def datasync(
+        self, project: str, notebook_id: str, req: DataSyncRequest, caller: Principal | None = None
+    ) -> Notebook:
+        command = DataSyncCommand(**req.model_dump())
+        return await self._update(project, notebook_id, "datasync", command, caller)
 
-    async def delete(self, project: str, notebook_id: str, keep_workspace: bool) -> Notebook:
+    async def rotate_token(
+        self, project: str, notebook_id: str, caller: Principal | None = None
+    ) -> Notebook:
         return await self._update(
-            project, notebook_id, "delete", DeleteRequest(keep_workspace=keep_workspace)
+            project, notebook_id, "rotate_token", RotateTokenRequest(), caller
+        )
+
+    async def delete(
+        self,
+        project: str,
+        notebook_id: str,
+        keep_workspace: bool,
+        caller: Principal | None = None,
+    ) -> Notebook:
+        return await self._update(
+            project, notebook_id, "delete", DeleteRequest(keep_workspace=keep_workspace), caller
         )
 
     @staticmethod
@@ -331,6 +400,10 @@ class NotebookService:
                 503, f"the control plane did not answer in time ({err.message}); try again"
             )
         return ApiError(502, f"the control plane refused the request: {err.message}")
+
+
+def _reached(caller: Principal | None, notebook: Notebook) -> bool:
+    return caller is None or reaches(caller.selector, notebook.spec.labels)
 
 
 def _quote(value: str) -> str:

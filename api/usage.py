@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from api.errors import ApiError
 from api.service import NotebookService
+from domain.access import Principal, reaches
 from domain.billing import PeriodUsage, billed_minutes
 from domain.states import NotebookState
 from ledger.sqlite import SqliteLedger
@@ -37,14 +38,21 @@ class UsageService:
         self._notebooks = notebooks
         self._ledger = ledger
 
-    async def notebook(self, project: str, notebook_id: str) -> NotebookUsage:
+    async def notebook(
+        self, project: str, notebook_id: str, caller: Principal | None = None
+    ) -> NotebookUsage:
         records = await asyncio.to_thread(self._ledger.records, project, notebook_id)
         try:
             notebook = await self._notebooks.get(project, notebook_id)
         except ApiError as err:
-            if err.status != 404 or not records:
+            # A deleted notebook's usage stays in the ledger, for tokens that see the
+            # whole project (its labels, which a selector would match, are gone with it).
+            if err.status != 404 or not records or (caller is not None and caller.selector):
                 raise
-            notebook = None  # deleted: its usage stays in the ledger
+            notebook = None
+        if notebook is not None and caller is not None:
+            if not reaches(caller.selector, notebook.spec.labels):
+                raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
         periods: dict[int, PeriodUsage] = {}
         recorded = 0
         for r in records:
@@ -90,10 +98,14 @@ class UsageService:
             total_minutes=recorded,
         )
 
-    async def project(self, project: str, start: datetime, end: datetime) -> ProjectUsage:
+    async def project(
+        self, project: str, start: datetime, end: datetime, only: set[str] | None = None
+    ) -> ProjectUsage:
         if start >= end:
             raise ApiError(422, "from: must be before to", field="from")
         rows = await asyncio.to_thread(self._ledger.summary, project, start, end)
+        if only is not None:
+            rows = [r for r in rows if r["notebook_id"] in only]
         flavors: dict[tuple[str, str], dict] = {}
         for row in rows:
             f = flavors.setdefault(

@@ -29,8 +29,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.stack import Ports, Stack
@@ -50,7 +48,7 @@ def _percentile(values: list[float], q: float) -> float:
 class Bench:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        self.api = httpx.Client(base_url=stack.api_url, timeout=120)
+        self.api = stack.api_client(timeout=120)
         self.base = f"/v1/projects/{PROJECT}/notebooks"
 
     def starts(self) -> dict[str, float]:

@@ -127,7 +127,7 @@ def main() -> None:
 
     stack = Stack(Path(tempfile.mkdtemp(prefix="ainb-gw-bench-")), Ports.random(), runtime="docker")
     stack.start()
-    api = httpx.Client(base_url=stack.api_url, timeout=120)
+    api = stack.api_client(timeout=120)
     base = f"/v1/projects/{PROJECT}/notebooks"
     nid = None
     try:

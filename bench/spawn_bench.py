@@ -108,7 +108,7 @@ def main() -> None:
     stack.start()
     results: dict[str, list[float]] = {"bare": [], "ainb_running": [], "ainb_answers": []}
     try:
-        with httpx.Client(base_url=stack.api_url, timeout=120) as api:
+        with stack.api_client(timeout=120) as api:
             ainb(api, stack.ports.api)  # warm: first pulls of the workspace bucket etc.
             bare(args.image, Path(tempfile.mkdtemp(prefix="ainb-bare-")) / "nb")
             for i in range(args.rounds):

@@ -9,6 +9,7 @@ file.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,3 +72,32 @@ def resolve(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> Conf
     if "://" not in url:
         url = f"http://{url}"  # `--url host:8000` is what people type
     return Config(url=url, project=values["project"] or DEFAULT_PROJECT, token=values["token"])
+
+
+EMBEDDED_MARK = "# written by scripts/up (ainb-stack); edit freely, or delete to have it rewritten"
+
+
+def install_embedded(url: str, token: str, environ: Mapping[str, str]) -> tuple[Path, bool]:
+    """Point the CLI at the embedded stack with its administrator token: write the config
+    file if there is none, or if scripts/up wrote it (a new data directory, a new port);
+    one the user wrote is left alone. (path, whether it was written)."""
+    path = config_path(environ)
+    try:
+        current = path.read_text()
+    except FileNotFoundError:
+        current = None
+    except OSError:
+        return path, False
+    if current is not None and not current.startswith(EMBEDDED_MARK):
+        return path, False
+    project = DEFAULT_PROJECT
+    if current is not None:
+        project = read_file(path, required=False).get("project", DEFAULT_PROJECT)
+    text = f'{EMBEDDED_MARK}\nurl = "{url}"\nproject = "{project}"\ntoken = "{token}"\n'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path, True

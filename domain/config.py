@@ -59,6 +59,25 @@ class StorageAlias(BaseModel):
         return value
 
 
+class TemporalTls(BaseModel):
+    """Files of PEM text; the paths are read by each process at connect."""
+
+    # The CA that signed the server's certificate (unset: the system's roots).
+    server_ca_file: Path | None = None
+    # A client certificate and key, for servers that want mutual TLS.
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+    # The name the server's certificate carries, if not the host of temporal_address.
+    server_name: str | None = None
+
+    @field_validator("client_key_file")
+    @classmethod
+    def _pair(cls, value: Path | None, info) -> Path | None:
+        if (value is None) != (info.data.get("client_cert_file") is None):
+            raise ValueError("client_cert_file and client_key_file go together")
+        return value
+
+
 class Flavor(BaseModel):
     kind: Literal["cpu", "gpu"]
     description: str = ""
@@ -166,10 +185,24 @@ class Settings(BaseSettings):
     # as "https://{id}.nb.example.com"). Empty: public_url's host with "{id}." in front,
     # "localhost" for a loopback address ("http://{id}.localhost:8000").
     notebook_origin: str = ""
-    # API tokens by project: each opens that project's notebooks through the gateway, and
-    # with require_api_token its REST routes too (off: the embedded default on loopback).
+    # Administrator tokens: every project, the fleet (/v1/hosts), tokens of any project.
+    # The embedded stack makes one on first start (<data dir>/admin-token).
+    admin_tokens: list[SecretStr] = Field(default_factory=list)
+    # Static project tokens (role operator) from before tokens were issued by the API
+    # (`ainb token create`, kept hashed in the ledger's database); still honoured.
     api_tokens: dict[str, list[SecretStr]] = Field(default_factory=dict)
-    require_api_token: bool = False
+    # Lifetime of an issued token when none is asked for, and the longest one may ask for.
+    token_default_expiry_s: int = 90 * 86400
+    token_max_expiry_s: int = 366 * 86400
+    # Host names (host or host:port) the API answers to besides public_url's: anything
+    # else is refused (a DNS-rebinding page names its own host).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Origins whose pages may call the API from a browser (CORS); empty: none, and any
+    # state-changing request a page of another origin makes is refused.
+    cors_origins: list[str] = Field(default_factory=list)
+    # TLS to Temporal (every client: API, control worker, host agents). Unset: plain, as
+    # the embedded dev server on loopback wants.
+    temporal_tls: TemporalTls | None = None
 
     frameworks: dict[str, FrameworkEntry] = Field(default_factory=_default_frameworks)
     flavors: dict[str, Flavor] = Field(default_factory=_default_flavors)

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from domain.access import Actor
 from domain.billing import PeriodUsage, UsageRecord
 from domain.fleet import Allocation, CapacityRequest, FlavorSpec, FleetState, HostInventory, Quotas
 from domain.ids import valid_notebook_id, valid_project
@@ -109,20 +110,37 @@ class NotebookInput(_Ids):
     workspace_bucket: str
     created_at: datetime
     tuning: Tuning = Field(default_factory=Tuning)
+    # Who created it (the audit's first entry; status.last_command_by until a command).
+    created_by: Actor | None = None
     # Carried over by continue-as-new; None for a new notebook (which starts at once).
     carry: Carry | None = None
 
 
-class StartRequest(BaseModel):
+class Issued(BaseModel):
+    """What every command carries besides its own fields: who asked (audit: it is in the
+    update's input in history and in status.last_command_by), and the labels the asking
+    token is limited to, which the workflow's validator checks against the notebook's
+    labels at the moment it accepts the command (outside them: 404, as for any notebook
+    the token cannot see). Histories from before these existed replay with the defaults."""
+
+    by: Actor | None = None
+    reach: dict[str, str] = Field(default_factory=dict)
+
+
+class StartRequest(Issued):
     pass
 
 
-class StopRequest(BaseModel):
+class StopRequest(Issued):
     pass
 
 
-class DeleteRequest(BaseModel):
+class DeleteRequest(Issued):
     keep_workspace: bool = False
+
+
+class RotateTokenRequest(Issued):
+    """``POST …/token/rotate``: a new generation of the notebook's link token."""
 
 
 class PatchRequest(BaseModel):
@@ -148,6 +166,18 @@ class LabelsRequest(BaseModel):
     @classmethod
     def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
         return check_labels(labels)
+
+
+class PatchCommand(PatchRequest, Issued):
+    pass
+
+
+class DataSyncCommand(DataSyncRequest, Issued):
+    pass
+
+
+class LabelsCommand(LabelsRequest, Issued):
+    pass
 
 
 class NotebookRef(_Ids):

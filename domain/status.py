@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from domain.access import Actor
 from domain.ids import workspace_prefix
 from domain.spec import NotebookSpec, Permission
 from domain.states import NotebookState
@@ -113,6 +114,11 @@ class NotebookStatus(BaseModel):
     billed_minutes_total: int = 0
     # Syncs asked for while RUNNING, oldest first (the latest few).
     datasyncs: list[DataSync] = Field(default_factory=list)
+    # Who issued the latest command (or created it): a token's id and name, no secret.
+    last_command_by: Actor | None = None
+    # The notebook's link token is derived from this; a rotation bumps it, and every link
+    # and gateway session of an older generation stops working.
+    token_generation: int = 0
 
 
 class Notebook(BaseModel):
@@ -147,6 +153,7 @@ def initial_status(inp: NotebookInput) -> NotebookStatus:
             prefix=workspace_prefix(inp.project, inp.notebook_id),
             restored=True,
         ),
+        last_command_by=inp.created_by,
     )
 
 

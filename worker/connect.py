@@ -4,8 +4,26 @@ from __future__ import annotations
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import TLSConfig
 
 from domain.config import Settings
+
+
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    """The TLS options of `temporal_tls` (False: plain, the embedded dev server)."""
+    tls = settings.temporal_tls
+    if tls is None:
+        return False
+
+    def read(path) -> bytes | None:
+        return path.read_bytes() if path is not None else None
+
+    return TLSConfig(
+        server_root_ca_cert=read(tls.server_ca_file),
+        client_cert=read(tls.client_cert_file),
+        client_private_key=read(tls.client_key_file),
+        domain=tls.server_name,
+    )
 
 
 async def connect(settings: Settings) -> Client:
@@ -13,6 +31,7 @@ async def connect(settings: Settings) -> Client:
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
+        tls=tls_config(settings),
     )
 
 

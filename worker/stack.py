@@ -27,6 +27,7 @@ import botocore.config
 import httpx
 
 from domain import search_attributes as sa
+from domain.access import new_admin_token
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,6 +102,8 @@ class Stack:
         (self.data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
         self.config_path = self.data_dir / "config.json"
         self.secrets = self._load_secrets()
+        self.admin_token_path = self.data_dir / "admin-token"
+        self.admin_token = self._load_admin_token()
 
     # ------------------------------------------------------------- configuration
 
@@ -125,6 +128,22 @@ class Stack:
         if path.stat().st_mode & 0o077:
             os.chmod(path, 0o600)  # made by an older version, which left it wider
         return json.loads(path.read_text())
+
+    def _load_admin_token(self) -> str:
+        """The embedded stack's administrator token, made on first start; kept in its own
+        0600 file (first writer wins, as for secrets.json) so that curl can read it."""
+        path = self.admin_token_path
+        if not path.exists():
+            try:
+                _write_private(path, new_admin_token() + "\n", replace=False)
+            except FileExistsError:
+                pass
+        return path.read_text().strip()
+
+    def api_client(self, **kwargs) -> httpx.Client:
+        """An HTTP client of the REST API that shows the administrator token."""
+        headers = {"authorization": f"Bearer {self.admin_token}", **kwargs.pop("headers", {})}
+        return httpx.Client(base_url=self.api_url, headers=headers, **kwargs)
 
     @property
     def s3_endpoint(self) -> str:
@@ -153,6 +172,7 @@ class Stack:
             },
             "platform_alias": "local",
             "token_secret": self.secrets["token_secret"],
+            "admin_tokens": [self.admin_token],
             # One machine shares its cores among notebooks: offer more than it has, as an
             # operator would for CPU flavors (the engine still caps each container).
             "host_cpus": 32,
@@ -315,7 +335,8 @@ class Stack:
 
         def ready() -> bool:
             try:
-                r = httpx.get(f"{self.api_url}/v1/hosts", timeout=5)
+                with self.api_client(timeout=5) as api:
+                    r = api.get("/v1/hosts")
             except httpx.HTTPError:
                 return False
             up = {h["name"] for h in r.json().get("hosts", []) if h["state"] == "up"}
@@ -523,6 +544,14 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
+        from cli.config import install_embedded
+
+        cli_config, written = install_embedded(stack.api_url, stack.admin_token, os.environ)
+        cli_note = (
+            f"the ainb CLI uses it ({cli_config})"
+            if written
+            else f"{cli_config} is your own: put token = \"$(cat {stack.admin_token_path})\" in it"
+        )
         p = stack.ports
         runtime_note = (
             "docker (the local Docker engine; notebooks have no network)"
@@ -533,6 +562,7 @@ def main() -> None:
             f"""
 ainb is up (data in {stack.data_dir})
   REST API        {stack.api_url}   (OpenAPI: {stack.api_url}/docs)
+  admin token     {stack.admin_token_path}   (Authorization: Bearer ...; {cli_note})
   notebooks       {origin_pattern(stack.api_url)}   (each its own origin: status.url)
   Temporal        {stack.temporal_address}   (Web UI: http://127.0.0.1:{p.temporal_ui})
   S3 (SeaweedFS)  {stack.s3_endpoint}   (credentials in {stack.data_dir / "secrets.json"})

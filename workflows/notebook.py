@@ -25,22 +25,27 @@ with workflow.unsafe.imports_passed_through():
     from domain import activity_names as A
     from domain import codes
     from domain import search_attributes as sa
+    from domain.access import reaches
     from domain.fleet import Allocation, CapacityRequest, Decision
     from domain.gateway import ready_path
     from domain.ids import CONTROL_TASK_QUEUE
     from domain.messages import (
         BillingState,
         Carry,
+        DataSyncCommand,
         DataSyncRequest,
         DeleteRequest,
         DeleteWorkspaceInput,
-        LabelsRequest,
+        Issued,
+        LabelsCommand,
         LaunchInput,
         LaunchResult,
         NotebookInput,
         NotebookRef,
+        PatchCommand,
         PatchRequest,
         ReadyInput,
+        RotateTokenRequest,
         RunSettings,
         StartRequest,
         StopContainerInput,
@@ -998,6 +1003,19 @@ class NotebookWorkflow:
             raise ApplicationError("the notebook was deleted", type="GONE", non_retryable=True)
         return result
 
+    def _check_reach(self, req: Issued) -> None:
+        """A token limited to some labels sees nothing else: as if it did not exist."""
+        if not reaches(req.reach, self._inp.spec.labels):
+            raise ApplicationError(
+                f"notebook {self._inp.notebook_id} not found in project {self._inp.project}",
+                type="GONE",
+                non_retryable=True,
+            )
+
+    def _issued(self, req: Issued) -> None:
+        if req.by is not None:
+            self._status.last_command_by = req.by
+
     def _cancel_phase(self) -> None:
         if self._phase is not None and not self._phase.done():
             self._phase.cancel()
@@ -1010,15 +1028,18 @@ class NotebookWorkflow:
 
     @workflow.update
     def start(self, req: StartRequest) -> Notebook:
+        self._issued(req)
         self._transition(S.STARTING, Info(message="start requested"))
         return self._snapshot()
 
     @start.validator
     def _validate_start(self, req: StartRequest) -> None:
+        self._check_reach(req)
         self._check(Command.START)
 
     @workflow.update
     def stop(self, req: StopRequest) -> Notebook:
+        self._issued(req)
         if self._check(Command.STOP) == Outcome.PROCEED:
             self._outcome = (S.STOPPED, Info(code=codes.STOPPED_BY_USER, message="stopped by user"))
             self._transition(S.STOPPING, Info(message="stop requested: saving data"))
@@ -1027,19 +1048,25 @@ class NotebookWorkflow:
 
     @stop.validator
     def _validate_stop(self, req: StopRequest) -> None:
+        self._check_reach(req)
         self._check(Command.STOP)
 
     @workflow.update
-    def patch(self, req: PatchRequest) -> Notebook:
+    def patch(self, req: PatchCommand) -> Notebook:
         """Change the timeout or auto-restart; the running run keeps what it started with."""
-        changes = req.model_dump(exclude_none=True)
+        self._issued(req)
+        changes = req.model_dump(include=set(PatchRequest.model_fields), exclude_none=True)
         spec = self._inp.spec.model_copy(update=changes)
         self._inp = self._inp.model_copy(update={"spec": spec})
         self._updated_at = workflow.now()
         return self._snapshot()
 
     @patch.validator
-    def _validate_patch(self, req: PatchRequest) -> None:
+    def _validate_patch(self, req: PatchCommand) -> None:
+        self._check_reach(req)
+        self._check_changeable()
+
+    def _check_changeable(self) -> None:
         if self._status.state in (S.DELETING, S.DELETED):
             raise ApplicationError(
                 f"cannot change a notebook that is {self._status.state.value}",
@@ -1048,8 +1075,9 @@ class NotebookWorkflow:
             )
 
     @workflow.update
-    def datasync(self, req: DataSyncRequest) -> Notebook:
+    def datasync(self, req: DataSyncCommand) -> Notebook:
         """Queue a sync while RUNNING; its progress shows in ``status.datasyncs``."""
+        self._issued(req)
         targets = self._datasync_targets(req)
         queued = next(
             (
@@ -1074,7 +1102,8 @@ class NotebookWorkflow:
         return self._snapshot()
 
     @datasync.validator
-    def _validate_datasync(self, req: DataSyncRequest) -> None:
+    def _validate_datasync(self, req: DataSyncCommand) -> None:
+        self._check_reach(req)
         if self._status.state != S.RUNNING:
             raise ApplicationError(
                 f"a datasync needs a RUNNING notebook; this one is {self._status.state.value}",
@@ -1084,8 +1113,9 @@ class NotebookWorkflow:
         self._datasync_targets(req)
 
     @workflow.update
-    def set_labels(self, req: LabelsRequest) -> Notebook:
+    def set_labels(self, req: LabelsCommand) -> Notebook:
         """Replace the labels; list filters and the Web UI see them at once."""
+        self._issued(req)
         spec = self._inp.spec.model_copy(update={"labels": dict(req.labels)})
         self._inp = self._inp.model_copy(update={"spec": spec})
         workflow.upsert_search_attributes([sa.LABELS.value_set(sa.label_terms(req.labels))])
@@ -1093,11 +1123,35 @@ class NotebookWorkflow:
         return self._snapshot()
 
     @set_labels.validator
-    def _validate_set_labels(self, req: LabelsRequest) -> None:
-        self._validate_patch(PatchRequest())
+    def _validate_set_labels(self, req: LabelsCommand) -> None:
+        self._check_reach(req)
+        self._check_changeable()
+        if not reaches(req.reach, req.labels):
+            raise ApplicationError(
+                "the new labels would take the notebook out of the token's reach "
+                f"(it is limited to {req.reach})",
+                "labels",
+                type="FORBIDDEN",
+                non_retryable=True,
+            )
+
+    @workflow.update
+    def rotate_token(self, req: RotateTokenRequest) -> Notebook:
+        """A new link token: the old one, and every gateway session opened with it, stop
+        working; the editor keeps running."""
+        self._issued(req)
+        self._status.token_generation += 1
+        self._updated_at = workflow.now()
+        return self._snapshot()
+
+    @rotate_token.validator
+    def _validate_rotate_token(self, req: RotateTokenRequest) -> None:
+        self._check_reach(req)
+        self._check_changeable()
 
     @workflow.update
     def delete(self, req: DeleteRequest) -> Notebook:
+        self._issued(req)
         if self._check(Command.DELETE) == Outcome.PROCEED:
             self._keep_workspace = req.keep_workspace
             if self._status.state == S.STOPPING:
@@ -1110,4 +1164,5 @@ class NotebookWorkflow:
 
     @delete.validator
     def _validate_delete(self, req: DeleteRequest) -> None:
+        self._check_reach(req)
         self._check(Command.DELETE)

@@ -12,10 +12,18 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
+from api.auth import allow
 from api.deps import get_settings
+from api.errors import ERROR_RESPONSES
+from domain.access import Action
 from domain.config import Settings
 
-router = APIRouter(prefix="/v1/capabilities", tags=["capabilities"])
+router = APIRouter(
+    prefix="/v1/capabilities",
+    tags=["capabilities"],
+    dependencies=[Depends(allow(Action.CAPABILITIES))],
+    responses=ERROR_RESPONSES,
+)
 
 Config = Annotated[Settings, Depends(get_settings)]
 

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import StreamingResponse
 
-from api.deps import Logs, Project, Service, require_project_token
-from api.errors import ApiError
+from api.auth import allow
+from api.deps import Logs, Project, Service
+from api.errors import NOTEBOOK_RESPONSES, ApiError
+from domain.access import Action, Principal
 from domain.messages import DataSyncRequest, LabelsRequest, PatchRequest
 from domain.spec import NotebookSpec
 from domain.states import NotebookState
 from domain.status import Notebook
 
 router = APIRouter(
-    prefix="/v1/projects/{project}/notebooks",
-    tags=["notebooks"],
-    dependencies=[Depends(require_project_token)],
+    prefix="/v1/projects/{project}/notebooks", tags=["notebooks"], responses=NOTEBOOK_RESPONSES
 )
+
+
+def _caller(action: Action):
+    return Annotated[Principal, Depends(allow(action))]
 
 
 def _labels(selectors: list[str]) -> dict[str, str]:
@@ -32,61 +36,88 @@ def _labels(selectors: list[str]) -> dict[str, str]:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Notebook)
-async def create_notebook(project: Project, spec: NotebookSpec, service: Service) -> Notebook:
-    return await service.create(project, spec)
+async def create_notebook(
+    project: Project,
+    spec: NotebookSpec,
+    service: Service,
+    request: Request,
+    caller: _caller(Action.CREATE),
+) -> Notebook:
+    notebook = await service.create(project, spec, caller)
+    request.state.audit_notebook = notebook.id
+    return notebook
 
 
 @router.get("", response_model=list[Notebook])
 async def list_notebooks(
     project: Project,
     service: Service,
+    caller: _caller(Action.LIST),
     state: NotebookState | None = None,
     label: Annotated[list[str], Query(description="key=value; repeat to require several")] = [],  # noqa: B006
 ) -> list[Notebook]:
-    return await service.list(project, state, _labels(label))
+    return await service.list(project, state, _labels(label), caller)
 
 
 @router.get("/{notebook_id}", response_model=Notebook)
-async def get_notebook(project: Project, notebook_id: str, service: Service) -> Notebook:
-    return await service.get(project, notebook_id)
+async def get_notebook(
+    project: Project, notebook_id: str, service: Service, caller: _caller(Action.GET)
+) -> Notebook:
+    return await service.get(project, notebook_id, caller)
 
 
 @router.post("/{notebook_id}/start", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook)
-async def start_notebook(project: Project, notebook_id: str, service: Service) -> Notebook:
-    return await service.start(project, notebook_id)
+async def start_notebook(
+    project: Project, notebook_id: str, service: Service, caller: _caller(Action.START)
+) -> Notebook:
+    return await service.start(project, notebook_id, caller)
 
 
 @router.post("/{notebook_id}/stop", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook)
-async def stop_notebook(project: Project, notebook_id: str, service: Service) -> Notebook:
-    return await service.stop(project, notebook_id)
+async def stop_notebook(
+    project: Project, notebook_id: str, service: Service, caller: _caller(Action.STOP)
+) -> Notebook:
+    return await service.stop(project, notebook_id, caller)
 
 
 @router.post(
     "/{notebook_id}/datasync", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook
 )
 async def datasync_notebook(
-    project: Project, notebook_id: str, req: DataSyncRequest, service: Service
+    project: Project,
+    notebook_id: str,
+    req: DataSyncRequest,
+    service: Service,
+    caller: _caller(Action.DATASYNC),
 ) -> Notebook:
     """Push or pull now, while RUNNING (`volume`: a mount path or `workspace`; omitted:
     every volume the direction applies to, and the workspace for a push). Progress shows
     in `status.datasyncs`."""
-    return await service.datasync(project, notebook_id, req)
+    return await service.datasync(project, notebook_id, req, caller)
 
 
 @router.put("/{notebook_id}/labels", response_model=Notebook)
 async def set_labels(
-    project: Project, notebook_id: str, req: LabelsRequest, service: Service
+    project: Project,
+    notebook_id: str,
+    req: LabelsRequest,
+    service: Service,
+    caller: _caller(Action.LABEL),
 ) -> Notebook:
     """Replace the notebook's labels (`{"labels": {}}` removes them all)."""
-    return await service.set_labels(project, notebook_id, req)
+    return await service.set_labels(project, notebook_id, req, caller)
 
 
 @router.patch("/{notebook_id}", response_model=Notebook)
 async def patch_notebook(
-    project: Project, notebook_id: str, changes: PatchRequest, service: Service
+    project: Project,
+    notebook_id: str,
+    changes: PatchRequest,
+    service: Service,
+    caller: _caller(Action.PATCH),
 ) -> Notebook:
     """Change `timeout` or `timeout_auto_restart`; they take effect from the next start."""
-    return await service.patch(project, notebook_id, changes)
+    return await service.patch(project, notebook_id, changes, caller)
 
 
 @router.get(
@@ -98,17 +129,40 @@ async def notebook_logs(
     project: Project,
     notebook_id: str,
     logs: Logs,
+    service: Service,
+    caller: _caller(Action.LOGS),
     follow: bool = False,
     tail: Annotated[int | None, Query(ge=0, description="lines from the end; all if unset")] = None,
 ) -> StreamingResponse:
     """The container's output (stdout and stderr); with `follow`, it goes on until the
     container exits or the client leaves."""
+    await service.get(project, notebook_id, caller)  # 404 outside the token's reach
     stream = await logs.open(project, notebook_id, tail, follow)
     return StreamingResponse(stream, media_type="text/plain; charset=utf-8")
 
 
 @router.delete("/{notebook_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook)
 async def delete_notebook(
-    project: Project, notebook_id: str, service: Service, keep_workspace: bool = False
+    project: Project,
+    notebook_id: str,
+    service: Service,
+    caller: _caller(Action.DELETE),
+    keep_workspace: bool = False,
 ) -> Notebook:
-    return await service.delete(project, notebook_id, keep_workspace)
+    return await service.delete(project, notebook_id, keep_workspace, caller)
+
+
+@router.post("/{notebook_id}/token/rotate", response_model=Notebook)
+async def rotate_notebook_token(
+    project: Project,
+    notebook_id: str,
+    service: Service,
+    request: Request,
+    caller: _caller(Action.ROTATE_TOKEN),
+) -> Notebook:
+    """A new link token (status.url): the old link, and every editor session opened with
+    it, stop working at once on this API process and within 2 s on others; the editor
+    keeps running."""
+    notebook = await service.rotate_token(project, notebook_id, caller)
+    request.app.state.gateway.invalidate(notebook_id)
+    return notebook

@@ -7,14 +7,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from api.deps import Project, require_project_token
+from api.auth import allow
+from api.deps import Project, Service
+from api.errors import NOTEBOOK_RESPONSES
 from api.usage import NotebookUsage, ProjectUsage, UsageService
+from domain.access import Action, Principal
 
-router = APIRouter(
-    prefix="/v1/projects/{project}",
-    tags=["usage"],
-    dependencies=[Depends(require_project_token)],
-)
+router = APIRouter(prefix="/v1/projects/{project}", tags=["usage"], responses=NOTEBOOK_RESPONSES)
+Reader = Annotated[Principal, Depends(allow(Action.USAGE))]
 
 
 def get_usage(request: Request) -> UsageService:
@@ -25,21 +25,29 @@ Usage = Annotated[UsageService, Depends(get_usage)]
 
 
 @router.get("/notebooks/{notebook_id}/usage", response_model=NotebookUsage)
-async def notebook_usage(project: Project, notebook_id: str, usage: Usage) -> NotebookUsage:
-    return await usage.notebook(project, notebook_id)
+async def notebook_usage(
+    project: Project, notebook_id: str, usage: Usage, caller: Reader
+) -> NotebookUsage:
+    return await usage.notebook(project, notebook_id, caller)
 
 
 @router.get("/usage", response_model=ProjectUsage)
 async def project_usage(
     project: Project,
     usage: Usage,
+    service: Service,
+    caller: Reader,
     start: Annotated[datetime | None, Query(alias="from")] = None,
     end: Annotated[datetime | None, Query(alias="to")] = None,
 ) -> ProjectUsage:
-    """Minutes recorded in [from, to) per notebook and per flavor (default: the last 30 days)."""
+    """Minutes recorded in [from, to) per notebook and per flavor (default: the last 30 days).
+    A token limited by a label selector sees the notebooks it reaches now, and only them."""
     end = end or datetime.now(UTC)
     start = start or end - timedelta(days=30)
-    return await usage.project(project, _utc(start), _utc(end))
+    only = None
+    if caller.selector:
+        only = {nb.id for nb in await service.list(project, caller=caller)}
+    return await usage.project(project, _utc(start), _utc(end), only)
 
 
 def _utc(at: datetime) -> datetime:

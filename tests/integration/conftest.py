@@ -140,7 +140,7 @@ def stack(tmp_path_factory, docker_client, project) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def api(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.api_url, timeout=60) as client:
+    with stack.api_client(timeout=60) as client:
         yield client
 
 

@@ -68,7 +68,7 @@ def fleet(tmp_path_factory, docker_client) -> Iterator[Stack]:
 
 @pytest.fixture()
 def fleet_api(fleet: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=fleet.api_url, timeout=60) as client:
+    with fleet.api_client(timeout=60) as client:
         yield client
 
 

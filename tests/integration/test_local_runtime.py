@@ -45,7 +45,7 @@ def _wait(api: httpx.Client, path: str, state: str, timeout: float = 120) -> dic
 
 def test_lifecycle_without_docker(local_stack: Stack) -> None:
     assert "local-process runtime" in (local_stack.data_dir / "logs" / "host-agent.log").read_text()
-    with httpx.Client(base_url=local_stack.api_url, timeout=60) as api:
+    with local_stack.api_client(timeout=60) as api:
         base = "/v1/projects/local/notebooks"
         r = api.post(
             base,
@@ -107,7 +107,7 @@ def _answers(socket_path: str) -> bool:
 
 def test_vscode_needs_a_docker_host(local_stack: Stack) -> None:
     # Said at once, not after the editor's start timeout.
-    with httpx.Client(base_url=local_stack.api_url, timeout=60) as api:
+    with local_stack.api_client(timeout=60) as api:
         base = "/v1/projects/local/notebooks"
         r = api.post(
             base,

@@ -64,7 +64,7 @@ def authz_stack(tmp_path_factory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def authz(authz_stack: Stack, project: str) -> Iterator[Notebooks]:
-    with httpx.Client(base_url=authz_stack.api_url, timeout=60) as client:
+    with authz_stack.api_client(timeout=60) as client:
         yield Notebooks(client, project, None)  # type: ignore[arg-type]
 
 

@@ -5,15 +5,22 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from api import errors
+from api.auth import Authenticator
 from api.routers import capabilities
 from domain.config import Settings
+from ledger.access_store import AccessStore
+
+ADMIN = "unit-admin-token-0123456789"
 
 
-def _client() -> TestClient:
+def _client(tmp_path) -> TestClient:
     app = FastAPI()
+    errors.install(app)
     app.include_router(capabilities.router)
     app.state.settings = Settings.model_validate(
         {
+            "admin_tokens": [ADMIN],
             "frameworks": {
                 "python": {
                     "description": "Python",
@@ -30,11 +37,12 @@ def _client() -> TestClient:
             }
         }
     )
-    return TestClient(app)
+    app.state.auth = Authenticator(app.state.settings, AccessStore(tmp_path / "ledger.sqlite"))
+    return TestClient(app, headers={"authorization": f"Bearer {ADMIN}"})
 
 
-def test_frameworks_list_versions_default_and_editors() -> None:
-    r = _client().get("/v1/capabilities/frameworks")
+def test_frameworks_list_versions_default_and_editors(tmp_path) -> None:
+    r = _client(tmp_path).get("/v1/capabilities/frameworks")
     assert r.status_code == 200
     python, torch = r.json()
     assert python == {
@@ -51,9 +59,16 @@ def test_frameworks_list_versions_default_and_editors() -> None:
     assert torch["id"] == "torch" and torch["versions"][0]["default"]
 
 
-def test_editors_across_the_catalog() -> None:
-    r = _client().get("/v1/capabilities/editors")
+def test_editors_across_the_catalog(tmp_path) -> None:
+    r = _client(tmp_path).get("/v1/capabilities/editors")
     assert r.json() == [
         {"id": "jupyterlab", "frameworks": ["python:3.11", "python:3.12", "torch:2"]},
         {"id": "vscode", "frameworks": ["python:3.11"]},
     ]
+
+
+def test_capabilities_want_a_valid_token(tmp_path) -> None:
+    client = _client(tmp_path)
+    assert client.get("/v1/capabilities/editors", headers={"authorization": ""}).status_code == 401
+    bad = client.get("/v1/capabilities/editors", headers={"authorization": "Bearer nope"})
+    assert bad.status_code == 401 and "not valid" in bad.json()["error"]

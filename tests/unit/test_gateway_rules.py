@@ -3,16 +3,24 @@ editor is sent."""
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
 import pytest
 from pydantic import SecretStr
 from starlette.datastructures import Headers, QueryParams
 
+from api.auth import Authenticator
 from api.gateway import COOKIE_PREFIX, Gateway, Refused, Route, downstream_cookie
+from domain.access import Role, new_token
 from domain.config import Settings
 from domain.gateway import notebook_url, origin_pattern, ready_path
 from domain.spec import Editor
 from domain.states import NotebookState
-from domain.tokens import editor_token
+from domain.tokens import editor_token, link_token, session_mac
+from ledger.access_store import AccessStore, StoredToken
 
 SECRET = "s3cret"
 NID = "a" * 32
@@ -24,6 +32,34 @@ class FakeService:
         return editor_token(SECRET, notebook_id)
 
 
+LINK = link_token(SECRET, "p", NID, 0)
+_STORE = AccessStore(Path(tempfile.mkdtemp()) / "ledger.sqlite")
+
+
+def _issue(role: Role, selector: dict[str, str] | None = None, project: str = "p") -> str:
+    token_id, token, digest = new_token()
+    now = datetime.now(UTC)
+    _STORE.add(
+        StoredToken(
+            id=token_id,
+            project=project,
+            name=f"{role.value} token",
+            role=role,
+            selector=selector or {},
+            secret_hash=digest,
+            created_by="test",
+            created_at=now,
+            expires_at=now + timedelta(days=1),
+        )
+    )
+    return token
+
+
+READER = _issue(Role.READ)
+VISION = _issue(Role.OPERATOR, {"team": "vision"})
+NLP = _issue(Role.OPERATOR, {"team": "nlp"})
+
+
 def _gateway(**settings) -> Gateway:
     values = {
         "token_secret": SecretStr(SECRET),
@@ -32,11 +68,26 @@ def _gateway(**settings) -> Gateway:
         "api_tokens": {"p": [SecretStr("api-tok")]},
         **settings,
     }
-    return Gateway(FakeService(), Settings(**values))  # type: ignore[arg-type]
+    config = Settings(**values)
+    auth = Authenticator(config, _STORE)
+    return Gateway(FakeService(), config, auth=auth)  # type: ignore[arg-type]
 
 
-def _route(editor: Editor = Editor.JUPYTERLAB, unsecure: bool = False) -> Route:
-    return Route("p", NID, editor, unsecure, NotebookState.RUNNING, "127.0.0.1:1")
+def _route(
+    editor: Editor = Editor.JUPYTERLAB, unsecure: bool = False, generation: int = 0
+) -> Route:
+    return Route(
+        "p", NID, editor, unsecure, NotebookState.RUNNING, "127.0.0.1:1", {"team": "vision"},
+        generation,
+    )  # fmt: skip
+
+
+def _authorize(route: Route, query: dict, headers: dict, cookies: dict):
+    return asyncio.run(_gateway().authorize(route, QueryParams(query), Headers(headers), cookies))
+
+
+def _session(who: str, generation: int = 0) -> str:
+    return f"{who}.{session_mac(SECRET, 'p', NID, generation, who)}"
 
 
 def test_each_notebook_has_its_own_origin() -> None:
@@ -120,41 +171,96 @@ def test_a_websocket_from_another_site_is_refused_even_as_navigation() -> None:
 
 
 @pytest.mark.parametrize(
-    ("query", "headers", "cookies", "expected"),
+    ("query", "headers", "cookies", "session"),
     [
-        ({"token": editor_token(SECRET, NID)}, {}, {}, (True, True)),
-        ({}, {"authorization": f"token {editor_token(SECRET, NID)}"}, {}, (True, True)),
-        ({}, {"authorization": "Bearer api-tok"}, {}, (True, True)),
-        ({}, {}, {COOKIE_PREFIX + NID: editor_token(SECRET, NID)}, (True, False)),
-        ({}, {}, {COOKIE_PREFIX + NID: "stale"}, (False, False)),  # the editor's login then
-        ({}, {}, {}, (False, False)),
+        ({"token": LINK}, {}, {}, "link"),
+        ({}, {"authorization": f"token {LINK}"}, {}, "link"),
+        ({}, {"authorization": "Bearer api-tok"}, {}, "static-"),
+        ({"token": VISION}, {}, {}, VISION.split("_")[1]),
+        ({}, {}, {COOKIE_PREFIX + NID: _session("link")}, None),
+        ({}, {}, {COOKIE_PREFIX + NID: _session(VISION.split("_")[1])}, None),
     ],
 )
-def test_who_is_let_in(query, headers, cookies, expected) -> None:
-    gw = _gateway()
-    assert gw.authorize(_route(), QueryParams(query), Headers(headers), cookies) == expected
+def test_who_is_let_in(query, headers, cookies, session) -> None:
+    authorized, cookie = _authorize(_route(), query, headers, cookies)
+    assert authorized
+    if session is None:
+        assert cookie is None
+    else:
+        assert cookie is not None and cookie.startswith(session)
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        "stale",
+        _session("link", generation=1),  # another generation
+        f"link.{session_mac(SECRET, 'p', OTHER, 0, 'link')}",  # another notebook's
+        _session("0123456789ab"),  # a token id nobody issued
+        "",
+    ],
+)
+def test_without_a_valid_credential_nothing_reaches_the_editor(cookie) -> None:
+    with pytest.raises(Refused) as err:
+        _authorize(_route(), {}, {}, {COOKIE_PREFIX + NID: cookie} if cookie else {})
+    assert err.value.status == 401
+
+
+def test_a_rotation_ends_old_links_and_sessions() -> None:
+    rotated = _route(generation=1)
+    for query, cookies in (({"token": LINK}, {}), ({}, {COOKIE_PREFIX + NID: _session("link")})):
+        with pytest.raises(Refused) as err:
+            _authorize(rotated, query, {}, cookies)
+        assert err.value.status == 401
+    assert _authorize(rotated, {"token": link_token(SECRET, "p", NID, 1)}, {}, {})[0]
 
 
 @pytest.mark.parametrize(
     "credentials",
     [
         {"token": "wrong"},
-        {"token": editor_token(SECRET, OTHER)},
+        {"token": editor_token(SECRET, NID)},  # the editor's own: never accepted here
+        {"token": link_token(SECRET, "p", OTHER, 0)},
+        {"token": link_token(SECRET, "q", NID, 0)},
         {"token": "api-tok-other"},
         {"token": "é-not-ascii"},
     ],
 )
 def test_a_wrong_explicit_token_is_refused(credentials) -> None:
     with pytest.raises(Refused) as err:
-        _gateway().authorize(_route(), QueryParams(credentials), Headers({}), {})
+        _authorize(_route(), credentials, {}, {})
     assert err.value.status == 401
 
 
+@pytest.mark.parametrize(
+    ("token", "status"),
+    [(READER, 403), (NLP, 404), (_issue(Role.OPERATOR, project="q"), 403)],
+)
+def test_api_tokens_open_only_what_they_may(token: str, status: int) -> None:
+    with pytest.raises(Refused) as err:
+        _authorize(_route(), {"token": token}, {}, {})
+    assert err.value.status == status
+
+
 def test_an_api_token_only_opens_its_own_project() -> None:
-    other = Route("q", NID, Editor.JUPYTERLAB, False, NotebookState.RUNNING, "127.0.0.1:1")
+    other = Route(
+        "q", NID, Editor.JUPYTERLAB, False, NotebookState.RUNNING, "127.0.0.1:1", {}, 0
+    )
     with pytest.raises(Refused):
-        _gateway().authorize(
-            other, QueryParams({}), Headers({"authorization": "Bearer api-tok"}), {}
+        _authorize(other, {}, {"authorization": "Bearer api-tok"}, {})
+
+
+def test_a_revoked_tokens_sessions_end() -> None:
+    token = _issue(Role.OPERATOR)
+    token_id = token.split("_")[1]
+    assert _authorize(_route(), {}, {}, {COOKIE_PREFIX + NID: _session(token_id)})[0]
+    _STORE.revoke(token_id, datetime.now(UTC))
+    gw = _gateway()  # a fresh cache: another API process after TOKEN_CACHE_S
+    with pytest.raises(Refused):
+        asyncio.run(
+            gw.authorize(
+                _route(), QueryParams({}), Headers({}), {COOKIE_PREFIX + NID: _session(token_id)}
+            )
         )
 
 

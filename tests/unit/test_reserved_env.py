@@ -207,16 +207,21 @@ def test_the_embedded_stack_keeps_its_secrets_private(tmp_path) -> None:
     assert _mode(data) == 0o700
     assert _mode(data / "secrets.json") == 0o600
     assert _mode(data / "config.json") == 0o600
+    assert _mode(data / "admin-token") == 0o600
     assert len(stack.secrets["token_secret"]) >= 32
     config = json.loads((data / "config.json").read_text())
     assert config["token_secret"] == stack.secrets["token_secret"]
+    assert config["admin_tokens"] == [stack.admin_token] and len(stack.admin_token) > 40
     Settings.model_validate(config).require_token_secret()
     # no temporary files left behind
-    assert sorted(p.name for p in data.iterdir()) == ["config.json", "logs", "secrets.json"]
+    assert sorted(p.name for p in data.iterdir()) == [
+        "admin-token", "config.json", "logs", "secrets.json"
+    ]  # fmt: skip
 
     # a restart finds the same secrets; a file an older version left wide is narrowed
     os.chmod(data / "secrets.json", 0o644)
-    assert Stack(data).secrets == stack.secrets
+    again = Stack(data)
+    assert again.secrets == stack.secrets and again.admin_token == stack.admin_token
     assert _mode(data / "secrets.json") == 0o600
 
 

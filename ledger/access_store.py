@@ -1,0 +1,178 @@
+"""API tokens and the audit log, in the ledger's database (the embedded default: the same
+SQLite file as the usage records). Only a token's hash is stored; its secret is shown once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from domain.access import Role
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    selector TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked_at TEXT
+);
+CREATE INDEX IF NOT EXISTS api_tokens_project ON api_tokens (project, created_at);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    project TEXT NOT NULL,
+    notebook_id TEXT,
+    action TEXT NOT NULL,
+    token_id TEXT NOT NULL,
+    token_name TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_time ON audit (project, at);
+"""
+
+
+class StoredToken(BaseModel):
+    id: str
+    project: str
+    name: str
+    role: Role
+    selector: dict[str, str] = Field(default_factory=dict)
+    secret_hash: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class AuditEntry(BaseModel):
+    at: datetime
+    project: str
+    notebook_id: str | None = None
+    action: str
+    token_id: str
+    token_name: str
+    # The API's answer: 2xx done, 4xx refused.
+    status: int
+    detail: str = ""
+
+
+_TOKEN_COLUMNS = list(StoredToken.model_fields)
+_AUDIT_COLUMNS = list(AuditEntry.model_fields)
+
+
+class AccessStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            yield db
+        finally:
+            db.close()
+
+    # ------------------------------------------------------------------ tokens
+
+    def add(self, token: StoredToken) -> None:
+        row = _token_row(token)
+        with self._db() as db:
+            db.execute(
+                f"INSERT INTO api_tokens ({', '.join(_TOKEN_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in _TOKEN_COLUMNS)})",
+                [row[c] for c in _TOKEN_COLUMNS],
+            )
+
+    def get(self, token_id: str) -> StoredToken | None:
+        with self._db() as db:
+            row = db.execute(
+                f"SELECT {', '.join(_TOKEN_COLUMNS)} FROM api_tokens WHERE id = ?", [token_id]
+            ).fetchone()
+        return _token(row) if row else None
+
+    def list(self, project: str) -> list[StoredToken]:
+        with self._db() as db:
+            rows = db.execute(
+                f"SELECT {', '.join(_TOKEN_COLUMNS)} FROM api_tokens WHERE project = ? "
+                "ORDER BY created_at, id",
+                [project],
+            ).fetchall()
+        return [_token(r) for r in rows]
+
+    def revoke(self, token_id: str, at: datetime) -> None:
+        with self._db() as db:
+            db.execute(
+                "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                [_ts(at), token_id],
+            )
+
+    def renew(self, token_id: str, expires_at: datetime) -> bool:
+        with self._db() as db:
+            cur = db.execute(
+                "UPDATE api_tokens SET expires_at = ? WHERE id = ? AND revoked_at IS NULL",
+                [_ts(expires_at), token_id],
+            )
+            return cur.rowcount == 1
+
+    def touch(self, token_id: str, at: datetime) -> None:
+        with self._db() as db:
+            db.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", [_ts(at), token_id])
+
+    # ------------------------------------------------------------------- audit
+
+    def record(self, entry: AuditEntry) -> None:
+        row = entry.model_dump(mode="json")
+        row["at"] = _ts(entry.at)
+        with self._db() as db:
+            db.execute(
+                f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in _AUDIT_COLUMNS)})",
+                [row[c] for c in _AUDIT_COLUMNS],
+            )
+
+    def audit(self, project: str, start: datetime, end: datetime, limit: int) -> list[AuditEntry]:
+        with self._db() as db:
+            rows = db.execute(
+                f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM audit "
+                "WHERE project = ? AND at >= ? AND at < ? ORDER BY seq LIMIT ?",
+                [project, _ts(start), _ts(end), limit],
+            ).fetchall()
+        return [AuditEntry.model_validate(dict(zip(_AUDIT_COLUMNS, r, strict=True))) for r in rows]
+
+
+def _token_row(token: StoredToken) -> dict:
+    row = token.model_dump(mode="json")
+    row["selector"] = json.dumps(token.selector, sort_keys=True)
+    for key in ("created_at", "expires_at", "last_used_at", "revoked_at"):
+        value = getattr(token, key)
+        row[key] = _ts(value) if value else None
+    return row
+
+
+def _token(row: tuple) -> StoredToken:
+    values = dict(zip(_TOKEN_COLUMNS, row, strict=True))
+    values["selector"] = json.loads(values["selector"])
+    return StoredToken.model_validate(values)
+
+
+def _ts(at: datetime) -> str:
+    """One fixed UTC format, so that text order is time order in SQL."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
