@@ -6,8 +6,11 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.utils import is_body_allowed_for_status_code
 from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 
 class ApiError(Exception):
@@ -82,6 +85,40 @@ def install(app: FastAPI) -> None:
             body["errors"] = [{"field": err.field, "message": err.message, **err.details}]
         body.update({k: v for k, v in err.details.items() if k not in body})
         return JSONResponse(status_code=err.status, content=body, headers=err.headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+        # The framework's own refusals (no such route, method not allowed, a body it cannot
+        # read) in the same shape as ours.
+        if err.status_code == 400 and isinstance(err.__cause__, ValueError):
+            # FastAPI's answer to a JSON body that is not UTF-8: invalid input, as for a
+            # body that does not parse (json_invalid), and documented as such.
+            message = "body: not valid JSON (it must be UTF-8 text)"
+            return JSONResponse(
+                status_code=422,
+                content={
+                    "error": f"invalid request: {message}",
+                    "field": "body",
+                    "errors": [{"field": "body", "message": message}],
+                },
+            )
+        headers = dict(err.headers or {})
+        if err.status_code == 405:
+            # Starlette names the methods of the first route of the path only; every route
+            # of a path has its methods (RFC 9110: Allow lists all of them).
+            allowed = {
+                method
+                for route in request.app.router.routes
+                if route.matches(request.scope)[0] is Match.PARTIAL
+                for method in getattr(route, "methods", None) or ()
+            }
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
+        if not is_body_allowed_for_status_code(err.status_code):
+            return Response(status_code=err.status_code, headers=headers)
+        return JSONResponse(
+            status_code=err.status_code, content={"error": str(err.detail)}, headers=headers
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:

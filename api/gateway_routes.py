@@ -144,7 +144,11 @@ async def forward_websocket(gw: Gateway, notebook_id: str, websocket: WebSocket)
     try:
         route, authorized, _ = await gw.admit(websocket, notebook_id)
     except Refused as err:
-        await websocket.close(code=1008, reason=err.message[:120])
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            # The same answer as over HTTP (401, 403, 404...), not a bare 403 for all.
+            await websocket.send_denial_response(_refusal(websocket.headers, err))
+        else:
+            await websocket.close(code=1008, reason=err.message[:120])
         return
     protocols = [
         p.strip()

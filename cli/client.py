@@ -152,3 +152,37 @@ class Client:
 
     def capabilities(self, kind: str) -> list[dict]:
         return self._call("GET", f"/v1/capabilities/{kind}")
+
+    # ------------------------------------------------------------ tokens and audit
+
+    @property
+    def _tokens(self) -> str:
+        return f"/v1/projects/{self.config.project}/tokens"
+
+    def rotate_token(self, notebook_id: str) -> dict:
+        """A new link token for the notebook: its old links stop working."""
+        return self._call("POST", f"{self._notebooks}/{notebook_id}/token/rotate")
+
+    def create_token(self, body: dict) -> dict:
+        return self._call("POST", self._tokens, json=body)
+
+    def list_tokens(self) -> list[dict]:
+        return self._call("GET", self._tokens)
+
+    def get_token(self, token_id: str) -> dict:
+        return self._call("GET", f"{self._tokens}/{token_id}")
+
+    def revoke_token(self, token_id: str) -> dict:
+        return self._call("DELETE", f"{self._tokens}/{token_id}")
+
+    def renew_token(self, token_id: str, expires_in_s: int | None = None) -> dict:
+        body = {"expires_in_s": expires_in_s}
+        return self._call("POST", f"{self._tokens}/{token_id}/renew", json=body)
+
+    def audit(
+        self, start: str | None = None, end: str | None = None, limit: int | None = None
+    ) -> list[dict]:
+        params: dict[str, Any] = {k: v for k, v in (("from", start), ("to", end)) if v}
+        if limit is not None:
+            params["limit"] = limit
+        return self._call("GET", f"/v1/projects/{self.config.project}/audit", params=params)

@@ -1,5 +1,6 @@
 """``ainb``: argument parsing and dispatch. The HTTP calls are in cli/client.py, output
-in cli/render.py, settings in cli/config.py and ``--wait`` in cli/wait.py.
+in cli/render.py, settings in cli/config.py, ``--wait`` in cli/wait.py, and the token and
+audit commands in cli/tokens.py.
 
 Exit codes: 0 done, 1 failed (the notebook ended FAILED/ERROR, the server erred or could
 not be reached), 2 refused (a 4xx from the API, or a usage error), 130 interrupted.
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from cli import render
+from cli import render, tokens
 from cli.client import ApiError, Client, Unreachable
 from cli.config import ConfigError, resolve
 from cli.spec import (
@@ -145,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     caps = command("capabilities", "what can be asked for")
     caps.add_argument("kind", choices=("frameworks", "editors", "flavors"))
+
+    tokens.add_commands(command, common, _arg_type)
     return parser
 
 
@@ -318,6 +321,7 @@ COMMANDS = {
     "usage": cmd_usage,
     "capabilities": cmd_capabilities,
     "logs": cmd_logs,
+    **tokens.COMMANDS,
 }
 
 
@@ -336,17 +340,18 @@ def main(
         stderr.write(f"ainb: {message}\n")
         return code
 
+    environ = os.environ if environ is None else environ
+    flags = {k: getattr(args, k, None) for k in ("url", "project", "token")}
     try:
-        config = resolve(
-            {k: getattr(args, k, None) for k in ("url", "project", "token")},
-            os.environ if environ is None else environ,
-        )
+        config = resolve(flags, environ)
     except ConfigError as err:
         return fail(str(err), 2)
     with Client(config, transport=transport) as client:
         try:
             return COMMANDS[args.command](client, args, out)
         except ApiError as err:
+            if err.status == 401:
+                return fail(f"error: {tokens.unauthorized(err, flags, environ, config.token)}", 2)
             return fail(f"error: {err.line()}", 2 if err.client_error else 1)
         except Unreachable as err:
             return fail(str(err), 1)

@@ -86,6 +86,14 @@ def labels_text(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
 
 
+def actor_text(actor: dict | None) -> str:
+    """Who asked (a token's name and id, never its secret): ``ci (0123abcd4567, operator)``."""
+    if not actor:
+        return "-"
+    name = actor.get("name") or "-"
+    return f"{name} ({actor.get('token_id')}, {actor.get('role')})"
+
+
 def _framework(spec: dict) -> str:
     fw = spec.get("framework", {})
     return f"{fw.get('id')}:{fw['version']}" if fw.get("version") else str(fw.get("id"))
@@ -143,6 +151,7 @@ def notebook_detail(nb: dict) -> str:
         ("editor", spec.get("editor", "-")),
         ("resources", _resources(spec)),
         ("labels", labels_text(spec.get("labels", {}))),
+        ("last command by", actor_text(status.get("last_command_by"))),
         # Values can be secrets: show which variables are set, not what they hold.
         ("env", ",".join(sorted(spec.get("env_vars", {}))) or "-"),
         ("timeout", timeout),
@@ -269,3 +278,73 @@ def flavors_table(flavors: list[dict]) -> str:
         "DESCRIPTION",
     ]
     return table(headers, rows, empty="no flavors")
+
+
+def token_detail(token: dict) -> str:
+    pairs = [
+        ("id", token["id"]),
+        ("name", token["name"]),
+        ("project", token["project"]),
+        ("role", token["role"]),
+        ("label selector", labels_text(token.get("label_selector") or {})),
+        ("state", token["state"]),
+        ("created", f"{timestamp(token.get('created_at'))} by {token.get('created_by') or '-'}"),
+        ("expires", timestamp(token.get("expires_at"))),
+        ("last used", _last_used(token)),
+    ]
+    if token.get("revoked_at"):
+        pairs.append(("revoked", timestamp(token["revoked_at"])))
+    width = max(len(k) for k, _ in pairs) + 1
+    return "".join(f"{(k + ':').ljust(width)}  {v}\n" for k, v in pairs)
+
+
+def _last_used(token: dict) -> str:
+    return timestamp(token["last_used_at"]) if token.get("last_used_at") else "never"
+
+
+def issued_token(token: dict) -> str:
+    """A new token: its view, then the secret, set apart, with what to do with it."""
+    return (
+        token_detail(token)
+        + f"\ntoken:\n\n    {token['token']}\n\n"
+        + "Keep it now: it will not be shown again (the API stores only its hash).\n"
+        + 'Use it with --token, AINB_TOKEN, or token = "..." in the ainb config file.\n'
+    )
+
+
+def tokens_table(tokens: list[dict], project: str) -> str:
+    rows = [
+        [
+            t["id"],
+            t["name"],
+            t["role"],
+            labels_text(t.get("label_selector") or {}),
+            t["state"],
+            timestamp(t.get("expires_at")),
+            _last_used(t),
+        ]
+        for t in tokens
+    ]
+    headers = ["ID", "NAME", "ROLE", "SELECTOR", "STATE", "EXPIRES", "LAST USED"]
+    return table(headers, rows, empty=f"no tokens in project {project}")
+
+
+def audit_table(entries: list[dict], project: str) -> str:
+    rows = [
+        [
+            timestamp(e.get("at")),
+            e["action"],
+            e.get("notebook_id") or "-",
+            f"{e.get('token_name') or '-'} ({e.get('token_id')})",
+            str(e["status"]),
+            _cut(e.get("detail") or "-", 60),
+        ]
+        for e in entries
+    ]
+    headers = ["AT", "ACTION", "NOTEBOOK", "TOKEN", "STATUS", "DETAIL"]
+    return table(headers, rows, empty=f"no audit entries in project {project} for that time")
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(text.split())  # one line per entry
+    return text if len(text) <= width else text[: width - 3] + "..."

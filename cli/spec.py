@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import UTC, datetime
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d+)([smhdw])")
@@ -46,6 +47,23 @@ def parse_pair(text: str, what: str = "value") -> tuple[str, str]:
     if not sep or not key:
         raise ValueError(f"{what} {text!r} must look like KEY=VALUE")
     return key, value
+
+
+def parse_selector(text: str) -> dict[str, str]:
+    """``team=nlp,env=dev``: the labels a token's notebooks must all have."""
+    selector: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if part:
+            key, value = parse_pair(part, "label selector part")
+            selector[key.strip()] = value.strip()
+    if not selector:
+        raise ValueError(f"label selector {text!r} must look like KEY=VALUE[,KEY=VALUE...]")
+    return selector
+
+
+def default_token_name(now: datetime | None = None) -> str:
+    # The API's name pattern has no ':'; the time tells two tokens of a day apart.
+    return f"cli-{(now or datetime.now(UTC)).astimezone(UTC):%Y%m%d-%H%M%S}"
 
 
 def parse_framework(text: str) -> dict[str, str]:

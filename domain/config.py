@@ -66,7 +66,8 @@ class TemporalTls(BaseModel):
     server_ca_file: Path | None = None
     # A client certificate and key, for servers that want mutual TLS.
     client_cert_file: Path | None = None
-    client_key_file: Path | None = None
+    # validate_default: a certificate given without its key is refused, not ignored.
+    client_key_file: Path | None = Field(default=None, validate_default=True)
     # The name the server's certificate carries, if not the host of temporal_address.
     server_name: str | None = None
 

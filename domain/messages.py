@@ -15,7 +15,7 @@ from domain.access import Actor
 from domain.billing import PeriodUsage, UsageRecord
 from domain.fleet import Allocation, CapacityRequest, FlavorSpec, FleetState, HostInventory, Quotas
 from domain.ids import valid_notebook_id, valid_project
-from domain.spec import NotebookSpec, Volume, check_labels
+from domain.spec import LABELS_SCHEMA, NotebookSpec, Volume, check_labels
 from domain.status import NotebookStatus, SyncProgress
 
 
@@ -160,7 +160,7 @@ class DataSyncRequest(BaseModel):
 class LabelsRequest(BaseModel):
     """``PUT …/labels``: the notebook's labels from now on (an empty map removes them all)."""
 
-    labels: dict[str, str]
+    labels: dict[str, str] = Field(json_schema_extra=LABELS_SCHEMA)
 
     @field_validator("labels")
     @classmethod

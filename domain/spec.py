@@ -18,6 +18,14 @@ _ALIAS = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9._/:-]{0,63}$")
+# What check_labels accepts, for the OpenAPI document (json_schema_extra of a labels map).
+LABELS_SCHEMA = {
+    "maxProperties": 64,
+    "propertyNames": {"pattern": _LABEL_KEY.pattern},
+    "additionalProperties": {"type": "string", "pattern": _LABEL_VALUE.pattern},
+}
+# One `key=value` of a label selector in a query (?label=team=a).
+LABEL_SELECTOR_PATTERN = f"{_LABEL_KEY.pattern.removesuffix('$')}={_LABEL_VALUE.pattern[1:]}"
 # Variables the platform sets for the editor: a user must not be able to override them.
 # (Checked by NotebookSpec itself; the rest of the reserved environment below is checked by
 # env_problem at the API and at launch, not by the model, so that specs stored before a
@@ -207,7 +215,7 @@ class NotebookSpec(_Strict):
     resources: Resources
     volumes: list[Volume] = Field(default_factory=list, max_length=32)
     env_vars: dict[str, str] = Field(default_factory=dict)
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, json_schema_extra=LABELS_SCHEMA)
     timeout: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = DEFAULT_TIMEOUT_S
     timeout_auto_restart: bool = False
     unsecure_http: bool = False
@@ -294,11 +302,11 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
     if len(labels) > 64:
         raise ValueError("at most 64 labels")
     for key, value in labels.items():
-        if not _LABEL_KEY.match(key):
+        if not _LABEL_KEY.fullmatch(key):
             raise ValueError(
                 f"label key {key!r} must be 1-63 letters, digits, '.', '_', '-' or '/'"
             )
-        if not _LABEL_VALUE.match(value):
+        if not _LABEL_VALUE.fullmatch(value):
             raise ValueError(
                 f"label value {value!r} of {key!r} must be at most 63 plain characters"
             )

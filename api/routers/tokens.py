@@ -19,7 +19,7 @@ from api.deps import Project, get_settings
 from api.errors import ERROR_RESPONSES, ApiError, _documented
 from domain.access import Action, Principal, Role, may_grant, new_token
 from domain.config import Settings
-from domain.spec import check_labels
+from domain.spec import LABELS_SCHEMA, check_labels
 from ledger.access_store import AuditEntry, StoredToken
 
 router = APIRouter(
@@ -42,7 +42,7 @@ class TokenRequest(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._@+-]*$")
     role: Literal["read", "operator"] = "read"
     # Only notebooks whose labels include all of these (empty: every notebook).
-    label_selector: dict[str, str] = Field(default_factory=dict)
+    label_selector: dict[str, str] = Field(default_factory=dict, json_schema_extra=LABELS_SCHEMA)
     # Lifetime from now; unset: the operator's default (token_default_expiry_s).
     expires_in_s: int | None = Field(default=None, ge=60)
 
@@ -163,7 +163,11 @@ async def revoke_token(project: Project, token_id: str, caller: Manager, auth: A
     return _view(await _owned(auth, project, token_id, caller))
 
 
-@router.post("/tokens/{token_id}/renew", response_model=TokenView)
+@router.post(
+    "/tokens/{token_id}/renew",
+    response_model=TokenView,
+    responses={409: _documented("the token is revoked: it cannot be renewed")},
+)
 async def renew_token(
     project: Project,
     token_id: str,

@@ -251,8 +251,12 @@ def ainb(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.Co
 
 @pytest.fixture()
 def cli(stack: Stack, project: str, cli_env):
+    """`ainb --url … --project …` with the stack's administrator token (in AINB_TOKEN, as
+    a user's shell would have it, so that a test's --token still wins)."""
+    env = {**cli_env, "AINB_TOKEN": stack.admin_token}
+
     def call(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        return ainb("--url", stack.api_url, "--project", project, *args, env=cli_env,
+        return ainb("--url", stack.api_url, "--project", project, *args, env=env,
                     timeout=timeout)  # fmt: skip
 
     return call

@@ -1,11 +1,13 @@
 """The installed `ainb` command against the running stack: one notebook taken through
-run --wait, ls, get, label, usage, stop --wait and delete; the catalog; the errors."""
+run --wait, ls, get, rotate-token, label, usage, stop --wait and delete; the catalog; API
+tokens (create, use, ls, revoke, renew) and the audit log; the errors."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import time
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -49,12 +51,22 @@ def test_capabilities(cli) -> None:
 
 
 def test_settings_from_environment_and_config_file(stack: Stack, project: str, cli_env, tmp_path):
-    r = ainb("capabilities", "flavors", "-o", "json", env={**cli_env, "AINB_URL": stack.api_url})
+    env = {**cli_env, "AINB_URL": stack.api_url, "AINB_TOKEN": stack.admin_token}
+    r = ainb("capabilities", "flavors", "-o", "json", env=env)
     assert "ai1-1-cpu" in {f["name"] for f in json.loads(_ok(r))}
     config = tmp_path / "ainb.toml"
-    config.write_text(f'url = "{stack.api_url}"\nproject = "{project}"\n')
+    config.write_text(
+        f'url = "{stack.api_url}"\nproject = "{project}"\ntoken = "{stack.admin_token}"\n'
+    )
     r = ainb("ls", "-o", "json", env={**cli_env, "AINB_CLI_CONFIG": str(config)})
     assert isinstance(json.loads(_ok(r)), list)
+
+
+def test_no_token_is_one_line_saying_how_to_give_one(stack: Stack, project: str, cli_env):
+    r = ainb("--url", stack.api_url, "--project", project, "ls", env=cli_env)
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r
+    assert r.stderr.startswith("ainb: error: no API token given (HTTP 401)")
+    assert "--token" in r.stderr and "AINB_TOKEN" in r.stderr and "admin-token" in r.stderr
 
 
 def test_a_notebook_through_its_life(cli, notebooks: Notebooks) -> None:
@@ -76,6 +88,14 @@ def test_a_notebook_through_its_life(cli, notebooks: Notebooks) -> None:
     assert nb["spec"]["timeout"] == 7200 and nb["spec"]["env_vars"] == {"GREETING": "hi"}
     detail = _ok(cli("get", notebook_id))
     assert "RUNNING" in detail and "team=cli,tier=gold" in detail and "hi" not in detail.split()
+    assert "last command by:  administrator (admin-" in detail, detail
+
+    old_url = nb["status"]["url"]
+    out = _ok(cli("rotate-token", notebook_id))
+    assert out.startswith(f"{notebook_id}: new link http") and "token=" in out, out
+    new_url = out.splitlines()[0].split("new link ", 1)[1]
+    assert new_url != old_url
+    assert json.loads(_ok(cli("get", notebook_id, "-o", "json")))["status"]["url"] == new_url
 
     def listed(*args: str) -> set[str]:
         return {n["id"] for n in json.loads(_ok(cli("ls", *args, "-o", "json")))}
@@ -130,3 +150,55 @@ def test_an_unreachable_api_is_one_line_naming_the_url(cli_env) -> None:
     r = ainb("--url", url, "ls", env=cli_env, timeout=30)
     assert r.returncode == 1
     assert r.stderr == f"ainb: cannot reach the ainb API at {url}: connection refused\n"
+
+
+def test_tokens_from_the_cli(stack: Stack, project: str, cli, cli_env) -> None:
+    issued = json.loads(_ok(cli("token", "create", "--role", "read", "--name", "it-reader",
+                                "-o", "json")))  # fmt: skip
+    token_id, secret = issued["id"], issued["token"]
+    assert issued["role"] == "read" and issued["state"] == "active" and secret.startswith("ainb_")
+    reader = {**cli_env, "AINB_TOKEN": secret}
+
+    def as_reader(*args: str) -> subprocess.CompletedProcess[str]:
+        return ainb("--url", stack.api_url, "--project", project, *args, env=reader)
+
+    assert isinstance(json.loads(_ok(as_reader("ls", "-o", "json"))), list)
+    r = as_reader("run", "python", "jupyterlab", "--name", "not-for-readers")
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r
+    assert "read token" in r.stderr and "operator" in r.stderr and "403" in r.stderr, r.stderr
+    # the refusal is in the audit log, naming the token (never its secret)
+    entries = json.loads(_ok(cli("audit", "-o", "json")))
+    refused = [e for e in entries if e["token_id"] == token_id]
+    assert refused and refused[-1]["action"] == "create" and refused[-1]["status"] == 403
+    assert secret not in _ok(cli("audit"))
+
+    listed = {t["id"]: t for t in json.loads(_ok(cli("token", "ls", "-o", "json")))}
+    assert listed[token_id]["name"] == "it-reader" and listed[token_id]["state"] == "active"
+    assert "token" not in listed[token_id]
+    table = _ok(cli("token", "ls"))
+    assert table.splitlines()[0].split()[:3] == ["ID", "NAME", "ROLE"]
+    assert token_id in table and secret not in table
+
+    out = _ok(cli("token", "revoke", token_id))
+    assert out.startswith(f"token {token_id} (it-reader) revoked at "), out
+    r = as_reader("ls")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r
+    assert "refused the token from AINB_TOKEN" in r.stderr and "401" in r.stderr, r.stderr
+    listed = {t["id"]: t for t in json.loads(_ok(cli("token", "ls", "-o", "json")))}
+    assert listed[token_id]["state"] == "revoked"
+    r = cli("token", "renew", token_id)  # a revoked token stays revoked
+    assert r.returncode == 2 and "revoked" in r.stderr and "409" in r.stderr, r
+
+    operator = json.loads(_ok(cli("token", "create", "--role", "operator", "--expires", "1h",
+                                  "-o", "json")))  # fmt: skip
+    assert operator["name"].startswith("cli-")
+    renewed = json.loads(_ok(cli("token", "renew", operator["id"], "--expires", "30d",
+                                 "-o", "json")))  # fmt: skip
+    assert renewed["id"] == operator["id"] and renewed["state"] == "active"
+    when = datetime.fromisoformat
+    assert when(renewed["expires_at"]) - when(operator["expires_at"]) > timedelta(days=29)
+    # the same secret still works after the renewal, with the operator's rights
+    r = ainb("--url", stack.api_url, "--project", project, "--token", operator["token"],
+             "token", "ls", env=cli_env)  # fmt: skip
+    assert operator["id"] in _ok(r)
+    _ok(cli("token", "revoke", operator["id"]))

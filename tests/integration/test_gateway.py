@@ -5,6 +5,7 @@ API token of its project, and nothing from another origin."""
 from __future__ import annotations
 
 import json
+import time
 from urllib.parse import parse_qs
 
 import httpx
@@ -46,8 +47,10 @@ def test_jupyterlab_at_its_own_origin_kernel_over_websocket(
         assert not cookie.domain_specified and cookie.path == "/"
         assert browser.get(root + "/api/status").status_code == 200
         assert browser.get(root + "/api/contents").json()["type"] == "directory"
-    # No credentials: the editor's own protection answers; a wrong token is refused here.
-    assert httpx.get(root + "/api/status").status_code == 403
+    # No credentials: refused here, nothing reaches the editor's own login; nor does a
+    # wrong token.
+    anonymous = httpx.get(root + "/api/status")
+    assert anonymous.status_code == 401 and "status.url" in anonymous.json()["error"]
     wrong = httpx.get(root + "/api/status", headers={"Authorization": "token nope"})
     assert wrong.status_code == 401 and nid in wrong.json()["error"]
     not_ascii = httpx.get(root + "/api/status", params={"token": "jeton-é"})
@@ -96,6 +99,19 @@ def test_jupyterlab_at_its_own_origin_kernel_over_websocket(
     assert again["status"]["url"] == url
     status = httpx.get(root + "/api/status", headers={"Authorization": f"token {token}"})
     assert status.status_code == 200
+
+    # A rotation ends the old link and every session opened with it; the editor runs on.
+    with httpx.Client(timeout=30) as browser:
+        assert browser.get(url).status_code == 200  # a session: the gateway's cookie
+        rotated = notebooks.api.post(f"{notebooks.base}/{nid}/token/rotate")
+        assert rotated.status_code == 200, rotated.text
+        new_url = rotated.json()["status"]["url"]
+        assert new_url != url and rotated.json()["status"]["state"] == "RUNNING"
+        stale = browser.get(root + "/api/status")
+        assert stale.status_code == 401 and "rotation" in stale.json()["error"]
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(new_url).status_code == 200
+    assert rotated.json()["status"]["last_command_by"]["name"] == "administrator"
     with JupyterKernelClient(server_url=root, token=PROJECT_API_TOKEN) as kernel:
         assert kernel.execute("print(open('hello.txt').read())")["status"] == "ok"
 
@@ -108,7 +124,11 @@ def test_jupyterlab_at_its_own_origin_kernel_over_websocket(
 
     assert notebooks.delete(nid).status_code == 202
     notebooks.wait(nid, "DELETED")
-    assert httpx.get(root + "/api/status").status_code == 404
+    # Gone from its origin too, once the gateway's route cache (2 s) has moved on.
+    deadline = time.monotonic() + 5
+    while (gone := httpx.get(root + "/api/status")).status_code != 404:
+        assert time.monotonic() < deadline and gone.status_code in (401, 503), gone.text
+        time.sleep(0.2)
     # The links and WebSockets above carried tokens in their query: no log holds one.
     logs = (stack.data_dir / "logs" / "api.log").read_text()
     assert "token=***" in logs

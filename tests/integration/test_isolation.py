@@ -176,7 +176,7 @@ def test_a_planted_socket_link_does_not_reach_the_engine(
         r = httpx.get(f"{base}{path}", headers=auth, timeout=30)
         assert "api-version" not in r.headers and "ApiVersion" not in r.text, path
     # A new tunnel is refused outright: the agent connects only to a socket, never a link.
-    fleet = httpx.get(f"{stack.api_url}/v1/hosts").json()
+    fleet = notebooks.api.get("/v1/hosts").json()
     [host] = [h for h in fleet["hosts"] if h["name"] == nb["status"]["host"]]
     address = host["inventory"]["editor_tunnel"]
     tunnel_host, _, tunnel_port = address.rpartition(":")

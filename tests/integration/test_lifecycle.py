@@ -15,6 +15,7 @@ import pytest
 from temporalio.client import Client
 
 from domain.ids import workflow_id, workspace_prefix
+from domain.tokens import editor_token
 from tests.integration.conftest import Notebooks
 from tests.integration.s3data import bucket_keys, make_bucket
 from worker.stack import Stack
@@ -74,7 +75,7 @@ def test_full_lifecycle_with_volumes_and_workspace(notebooks: Notebooks, s3, sta
     assert "token=" in url
     base = url.split("/lab")[0]
     # JupyterLab answers, protected by the notebook's token
-    assert httpx.get(f"{base}/api/status").status_code == 403
+    assert httpx.get(f"{base}/api/status").status_code == 401
     assert httpx.get(url).status_code == 200
     token = url.split("token=")[1]
     assert (
@@ -84,6 +85,11 @@ def test_full_lifecycle_with_volumes_and_workspace(notebooks: Notebooks, s3, sta
     # ...and neither the token nor any storage secret is in the workflow's history (I6)
     history = _history_text(stack, notebooks.project, nid)
     assert token not in history
+    assert editor_token(stack.secrets["token_secret"], nid) not in history
+    # Who created it is there (audit), by the token's id and name, never its secret.
+    creator = nb["status"]["last_command_by"]
+    assert creator["name"] == "administrator" and creator["token_id"] in history
+    assert stack.admin_token not in history
     assert stack.secrets["s3_secret_key"] not in history
     assert stack.secrets["s3_access_key"] not in history
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from activities.runtime import editor_socket
+from domain.tokens import editor_token
 from worker.stack import Ports, Stack
 
 
@@ -63,8 +64,9 @@ def test_lifecycle_without_docker(local_stack: Stack) -> None:
         server = url.split("/lab")[0]  # the notebook's origin, at the gateway
         editor = nb["status"]["endpoint"].removeprefix("unix:")  # the process's socket
         assert _answers(editor)
-        assert httpx.get(f"{server}/api/status").status_code == 403
+        assert httpx.get(f"{server}/api/status").status_code == 401
         token = url.split("token=")[1]
+        own = editor_token(local_stack.secrets["token_secret"], nid).encode()
         # The editor gets none of the agent's environment (its settings name the secrets)
         # and its token is in no process's argv.
         run_dir = local_stack.data_dir / "hosts" / "local" / "local-runtime" / nid
@@ -74,7 +76,8 @@ def test_lifecycle_without_docker(local_stack: Stack) -> None:
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit():
                 try:
-                    assert token.encode() not in (proc / "cmdline").read_bytes()
+                    cmdline = (proc / "cmdline").read_bytes()
+                    assert token.encode() not in cmdline and own not in cmdline
                 except (FileNotFoundError, ProcessLookupError, PermissionError):
                     pass
         auth = {"Authorization": f"token {token}"}

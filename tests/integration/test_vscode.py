@@ -69,21 +69,18 @@ def test_vscode_notebook_login_and_workspace_across_stop_start(
     base = base.rstrip("/")
     token = parse_qs(query)["token"][0]
 
-    assert httpx.get(f"{base}/healthz").status_code == 200
-    # Protected: the editor sends a stranger to its login page.
-    r = httpx.get(f"{base}/")
-    assert r.status_code == 302 and r.headers["location"].endswith("login")
-    login = httpx.get(f"{base}/login")
-    assert login.status_code == 200 and "<title>code-server login</title>" in login.text
-    assert "Set-Cookie" not in httpx.post(f"{base}/login", data={"password": "wrong"}).headers
-    # The notebook's token is the password.
-    with httpx.Client(base_url=base) as browser:
-        r = browser.post("/login", data={"password": token})
-        assert r.status_code == 302 and "code-server-session" in r.headers["set-cookie"]
-        opened = browser.get("/")  # signed in: sent on to the workspace folder
+    # Protected: a stranger is refused by the gateway, never shown the editor's login.
+    for path in ("/healthz", "/", "/login"):
+        assert httpx.get(f"{base}{path}").status_code == 401, path
+    # The link opens VS Code signed in: the gateway signs in to code-server with the
+    # editor's own password, which never leaves the platform (the link's token is not it).
+    with httpx.Client() as browser:
+        opened = browser.get(nb["status"]["url"])
         assert opened.status_code == 302 and "folder=/workspace" in opened.headers["location"]
-        editor = browser.get("/", follow_redirects=True)
+        editor = browser.get(f"{base}/", follow_redirects=True)
         assert editor.status_code == 200 and "vscode" in editor.text.lower()
+        assert "code-server-session" not in str(browser.cookies.jar)  # the gateway's only
+    assert httpx.get(f"{base}/healthz", params={"token": token}).status_code == 200
 
     [container] = notebooks.containers(nid)
     _exec(container, "echo kept > /workspace/notes.txt")
@@ -97,7 +94,7 @@ def test_vscode_notebook_login_and_workspace_across_stop_start(
     nb = notebooks.wait(nid, "RUNNING", timeout=180)
     [container] = notebooks.containers(nid)
     assert _exec(container, "cat /workspace/notes.txt") == "kept\n"
-    assert httpx.get(nb["status"]["url"].partition("?")[0].rstrip("/") + "/healthz").is_success
+    assert httpx.get(f"{base}/healthz", params={"token": token}).is_success
 
     assert notebooks.delete(nid).status_code == 202
     notebooks.wait(nid, "DELETED")

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
 
-from cli.config import DEFAULT_PROJECT, DEFAULT_URL, ConfigError, config_path, resolve
+from cli.config import (
+    DEFAULT_PROJECT,
+    DEFAULT_URL,
+    EMBEDDED_MARK,
+    ConfigError,
+    config_path,
+    install_embedded,
+    read_file,
+    resolve,
+)
 
 NO_FLAGS = {"url": None, "project": None, "token": None}
 
@@ -70,3 +80,45 @@ def test_bad_files_are_one_clear_error(tmp_path: Path, text: str, words: str) ->
 def test_a_named_file_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         resolve(NO_FLAGS, {"AINB_CLI_CONFIG": str(tmp_path / "missing.toml")})
+
+
+# install_embedded: scripts/up points the CLI at the embedded stack with its admin token.
+
+
+def test_install_embedded_writes_a_private_file_when_there_is_none(tmp_path: Path) -> None:
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg"), "HOME": "/nonexistent"}
+    path, written = install_embedded("http://127.0.0.1:8123", "ainb_admin_s3cret", env)
+    assert written and path == tmp_path / "xdg" / "ainb" / "config.toml"
+    assert path.read_text().startswith(EMBEDDED_MARK)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it holds an administrator token
+    config = resolve(NO_FLAGS, env)
+    assert (config.url, config.project, config.token) == (
+        "http://127.0.0.1:8123", DEFAULT_PROJECT, "ainb_admin_s3cret",
+    )  # fmt: skip
+    assert [p.name for p in path.parent.iterdir()] == ["config.toml"]  # no temporary left
+
+
+def test_install_embedded_rewrites_its_own_file_keeping_the_project(tmp_path: Path) -> None:
+    env = {"AINB_CLI_CONFIG": str(tmp_path / "config.toml")}
+    path, _ = install_embedded("http://127.0.0.1:8000", "old-token", env)
+    # the user chose a project in the file scripts/up wrote: a new stack keeps it
+    path.write_text(path.read_text().replace(f'"{DEFAULT_PROJECT}"', '"team-a"'))
+    path.chmod(0o644)
+    path, written = install_embedded("http://127.0.0.1:9000", "new-token", env)
+    assert written
+    assert read_file(path, required=True) == {
+        "url": "http://127.0.0.1:9000", "project": "team-a", "token": "new-token",
+    }  # fmt: skip
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_install_embedded_leaves_a_users_own_file_alone(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    mine = 'url = "https://ainb.example"\nproject = "mine"\ntoken = "my-token"\n'
+    path.write_text(mine)
+    path.chmod(0o640)
+    got, written = install_embedded(
+        "http://127.0.0.1:8000", "admin", {"AINB_CLI_CONFIG": str(path)}
+    )
+    assert (got, written) == (path, False)
+    assert path.read_text() == mine and stat.S_IMODE(path.stat().st_mode) == 0o640
