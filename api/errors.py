@@ -76,6 +76,15 @@ def _field(loc: tuple | list) -> str:
     return out or "body"
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    routes = request.app.router.routes
+    return [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    ]
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, err: ApiError) -> JSONResponse:
@@ -103,17 +112,10 @@ def install(app: FastAPI) -> None:
                 },
             )
         headers = dict(err.headers or {})
-        if err.status_code == 405:
-            # Starlette names the methods of the first route of the path only; every route
-            # of a path has its methods (RFC 9110: Allow lists all of them).
-            allowed = {
-                method
-                for route in request.app.router.routes
-                if route.matches(request.scope)[0] is Match.PARTIAL
-                for method in getattr(route, "methods", None) or ()
-            }
-            if allowed:
-                headers["Allow"] = ", ".join(sorted(allowed))
+        if err.status_code == 405 and (allowed := _allowed_methods(request)):
+            # Starlette names the methods of the first route of the path only; each route
+            # of a path has its own method (RFC 9110: Allow lists all of them).
+            headers["Allow"] = ", ".join(allowed)
         if not is_body_allowed_for_status_code(err.status_code):
             return Response(status_code=err.status_code, headers=headers)
         return JSONResponse(
@@ -130,7 +132,9 @@ def install(app: FastAPI) -> None:
         errors = []
         for e in err.errors():
             msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
-            errors.append({"field": _field(e.get("loc", ())), "message": msg})
+            # A body that does not parse: its loc is ("body", offset), not a field.
+            where = "body" if e.get("type") == "json_invalid" else _field(e.get("loc", ()))
+            errors.append({"field": where, "message": msg})
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return JSONResponse(
             status_code=422,

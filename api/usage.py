@@ -4,9 +4,11 @@ live) and per project over a time range."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from api.errors import ApiError
 from api.service import NotebookService
@@ -14,6 +16,44 @@ from domain.access import Principal, reaches
 from domain.billing import PeriodUsage, billed_minutes
 from domain.states import NotebookState
 from ledger.sqlite import SqliteLedger
+
+
+def _not_a_number(value: object) -> object:
+    # pydantic would take "0.5" for a Unix time; the document says date-time.
+    if isinstance(value, str) and not re.match(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("must be a date-time such as 2025-01-31T00:00:00Z")
+    return value
+
+
+# A time in a query (?from=, ?to=): ISO 8601; without an offset it is UTC.
+Instant = Annotated[datetime, BeforeValidator(_not_a_number)]
+
+
+def period(start: datetime | None, end: datetime | None, default: timedelta):
+    """[from, to) of a query, both with an offset: no `to` is now, no `from` is `default`
+    before `to`. A time the ledgers cannot hold in UTC is invalid input, not a 500."""
+    end = _in_utc_range(end, "to") if end else datetime.now(UTC)
+    if start:
+        start = _in_utc_range(start, "from")
+    else:
+        try:
+            start = end - default
+        except OverflowError:
+            raise ApiError(
+                422, f"to: too early (from is {default.days} days before it)", field="to"
+            ) from None
+    if start >= end:
+        raise ApiError(422, "from: must be before to", field="from")
+    return start, end
+
+
+def _in_utc_range(at: datetime, name: str) -> datetime:
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    try:
+        at.astimezone(UTC)
+    except OverflowError:
+        raise ApiError(422, f"{name}: out of range once in UTC", field=name) from None
+    return at
 
 
 class NotebookUsage(BaseModel):

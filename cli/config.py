@@ -96,7 +96,8 @@ def install_embedded(url: str, token: str, environ: Mapping[str, str]) -> tuple[
     text = f'{EMBEDDED_MARK}\nurl = "{url}"\nproject = "{project}"\ntoken = "{token}"\n'
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # one a crashed run left may be wider than 0600
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)

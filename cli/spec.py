@@ -1,4 +1,5 @@
-"""Command-line words into request bodies: durations, key=value pairs, frameworks, labels.
+"""Command-line words into request bodies: durations, key=value pairs, frameworks, labels,
+token label selectors and names.
 
 Only the shape is checked here; what the values may be (names, flavors, volumes) is the
 API's to say, so the CLI never disagrees with it.

@@ -7,9 +7,9 @@ by the workers from their own configuration, never carried in workflow history (
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictBool, field_validator
 
 from domain.access import Actor
 from domain.billing import PeriodUsage, UsageRecord
@@ -144,8 +144,10 @@ class RotateTokenRequest(Issued):
 
 
 class PatchRequest(BaseModel):
-    timeout: int | None = None
-    timeout_auto_restart: bool | None = None
+    # The bounds of NotebookSpec.timeout (the operator's range is checked at the API).
+    timeout: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] | None = None
+    # true or false, not 0/1 or "yes" (the document says boolean).
+    timeout_auto_restart: StrictBool | None = None
 
 
 class DataSyncRequest(BaseModel):

@@ -8,7 +8,7 @@
 #   3. `docker build` of images/jupyterlab/Dockerfile, installing the wheels offline.
 #
 # Idempotent: the image carries the label ainb.inputs, a hash of what it is built
-# from (Dockerfile, ainb-editor, overrides.json, the JupyterLab spec, the target
+# from (Dockerfile, ainb-editor, overrides.json, ainb_access.py, the JupyterLab spec, the target
 # python/glibc/arch and the id of ainb-base:bookworm); it is rebuilt only when that
 # hash differs from the one of the files and settings here (or it is missing), or
 # with --force.
@@ -77,7 +77,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
-IMAGE_FILES=(Dockerfile ainb-editor overrides.json)
+IMAGE_FILES=(Dockerfile ainb-editor overrides.json ainb_access.py)
 # shellcheck source=images/inputs.sh
 source "$REPO/images/inputs.sh"
 
@@ -124,7 +124,7 @@ if [[ $need_base -eq 1 ]]; then
         || missing+=("not running as root, needed by debootstrap to create $BASE_IMAGE (run with sudo)")
 fi
 files_present "$IMAGE_DIR" "${IMAGE_FILES[@]}" \
-    || missing+=("build files missing under $IMAGE_DIR (Dockerfile, ainb-editor, overrides.json)")
+    || missing+=("build files missing under $IMAGE_DIR (${IMAGE_FILES[*]})")
 if [[ ${#missing[@]} -gt 0 ]]; then
     printf '[build.sh] ERROR: cannot build %s, missing:\n' "$IMAGE" >&2
     printf '  - %s\n' "${missing[@]}" >&2

@@ -12,7 +12,7 @@ from api.deps import Logs, Project, Service
 from api.errors import NOTEBOOK_RESPONSES, ApiError
 from domain.access import Action, Principal
 from domain.messages import DataSyncRequest, LabelsRequest, PatchRequest
-from domain.spec import NotebookSpec
+from domain.spec import LABEL_SELECTOR_PATTERN, NotebookSpec, check_labels
 from domain.states import NotebookState
 from domain.status import Notebook
 
@@ -32,7 +32,11 @@ def _labels(selectors: list[str]) -> dict[str, str]:
         if not sep or not key:
             raise ApiError(422, f"label: {selector!r} must look like key=value", field="label")
         labels[key] = value
-    return labels
+    try:
+        # Only label keys and values can match a label (and only they reach the query).
+        return check_labels(labels)
+    except ValueError as err:
+        raise ApiError(422, f"label: {err}", field="label") from err
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Notebook)
@@ -54,7 +58,13 @@ async def list_notebooks(
     service: Service,
     caller: _caller(Action.LIST),
     state: NotebookState | None = None,
-    label: Annotated[list[str], Query(description="key=value; repeat to require several")] = [],  # noqa: B006
+    label: Annotated[
+        list[str],
+        Query(
+            description="key=value; repeat to require several",
+            json_schema_extra={"items": {"type": "string", "pattern": LABEL_SELECTOR_PATTERN}},
+        ),
+    ] = [],  # noqa: B006
 ) -> list[Notebook]:
     return await service.list(project, state, _labels(label), caller)
 

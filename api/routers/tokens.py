@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, field_validator
 from api.auth import Authenticator, allow
 from api.deps import Project, get_settings
 from api.errors import ERROR_RESPONSES, ApiError, _documented
+from api.usage import Instant, period
 from domain.access import Action, Principal, Role, may_grant, new_token
 from domain.config import Settings
 from domain.spec import LABELS_SCHEMA, check_labels
@@ -191,19 +192,12 @@ async def audit_log(
     project: Project,
     auth: Auth,
     caller: Annotated[Principal, Depends(allow(Action.AUDIT))],
-    start: Annotated[datetime | None, Query(alias="from")] = None,
-    end: Annotated[datetime | None, Query(alias="to")] = None,
+    start: Annotated[Instant | None, Query(alias="from")] = None,
+    end: Annotated[Instant | None, Query(alias="to")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[AuditEntry]:
     """Every state-changing call in [from, to) (default: the last 7 days), oldest first:
     which token asked (id and name, never the secret), what, on which notebook, and the
     answer (refusals included)."""
-    end = _utc(end) if end else datetime.now(UTC)
-    start = _utc(start) if start else end - timedelta(days=7)
-    if start >= end:
-        raise ApiError(422, "from: must be before to", field="from")
+    start, end = period(start, end, timedelta(days=7))
     return await asyncio.to_thread(auth.store.audit, project, start, end, limit)
-
-
-def _utc(at: datetime) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=UTC)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from api.auth import allow
 from api.deps import Project, Service
 from api.errors import NOTEBOOK_RESPONSES
-from api.usage import NotebookUsage, ProjectUsage, UsageService
+from api.usage import Instant, NotebookUsage, ProjectUsage, UsageService, period
 from domain.access import Action, Principal
 
 router = APIRouter(prefix="/v1/projects/{project}", tags=["usage"], responses=NOTEBOOK_RESPONSES)
@@ -37,18 +37,13 @@ async def project_usage(
     usage: Usage,
     service: Service,
     caller: Reader,
-    start: Annotated[datetime | None, Query(alias="from")] = None,
-    end: Annotated[datetime | None, Query(alias="to")] = None,
+    start: Annotated[Instant | None, Query(alias="from")] = None,
+    end: Annotated[Instant | None, Query(alias="to")] = None,
 ) -> ProjectUsage:
     """Minutes recorded in [from, to) per notebook and per flavor (default: the last 30 days).
     A token limited by a label selector sees the notebooks it reaches now, and only them."""
-    end = end or datetime.now(UTC)
-    start = start or end - timedelta(days=30)
+    start, end = period(start, end, timedelta(days=30))
     only = None
     if caller.selector:
         only = {nb.id for nb in await service.list(project, caller=caller)}
-    return await usage.project(project, _utc(start), _utc(end), only)
-
-
-def _utc(at: datetime) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+    return await usage.project(project, start, end, only)
