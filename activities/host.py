@@ -59,10 +59,10 @@ from domain.messages import (
     WatchResult,
     WorkspaceSyncInput,
 )
-from domain.spec import WORKSPACE, Permission, env_problem
+from domain.spec import WORKSPACE, Editor, Permission, env_problem
 from domain.status import SyncProgress, SyncState
 from domain.storage_policy import volume_refusal
-from domain.tokens import editor_token
+from domain.tokens import editor_read_token, editor_token
 
 POLL_S = 1.0
 _LEGACY_PREFIX = re.compile("^" + re.escape(GATEWAY_ROOT) + "/[^/]+/[^/]+")
@@ -442,15 +442,20 @@ class HostActivities:
         cpus = min(cpus, float(os.cpu_count() or 1))
         host_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         memory = min(int(memory_gib * 2**30), host_memory)
-        token = (
-            ""
-            if spec.unsecure_http
-            else editor_token(self._settings.token_secret.get_secret_value(), inp.ref.notebook_id)
+        secret = self._settings.token_secret.get_secret_value()
+        token = "" if spec.unsecure_http else editor_token(secret, inp.ref.notebook_id)
+        # JupyterLab can serve a read-only visitor (a project token of role read) under a
+        # second token; code-server cannot, and the gateway never lets such a visitor in.
+        read_token = (
+            editor_read_token(secret, inp.ref.notebook_id)
+            if token and spec.editor is Editor.JUPYTERLAB
+            else ""
         )
         env = {
             **spec.env_vars,
             "AINB_EDITOR_SOCKET": EDITOR_SOCKET,
             "AINB_EDITOR_TOKEN": token,
+            **({"AINB_EDITOR_READ_TOKEN": read_token} if read_token else {}),
             "AINB_BASE_URL": "/",
             "AINB_NOTEBOOK_ID": inp.ref.notebook_id,
             "AINB_PROJECT": inp.ref.project,

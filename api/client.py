@@ -35,6 +35,7 @@ from api.errors import ApiError
 from api.fleet import FleetService
 from api.service import NotebookService
 from api.usage import NotebookUsage, UsageService
+from domain.access import Principal, Role
 from domain.config import Settings
 from domain.messages import LabelsRequest
 from domain.spec import NotebookSpec
@@ -62,6 +63,13 @@ def services(client: Client, settings: Settings) -> Services:
     return Services(client, settings, fleet, notebooks, usage)
 
 
+# Whoever holds Temporal's address and the settings may do anything (as the operator's
+# configuration may): the audit names them as this, not as an API token.
+DIRECT = Principal(
+    token_id="temporal-client", name="Python client (direct Temporal access)", role=Role.ADMIN
+)
+
+
 class Ainb:
     """Typed calls for one project's notebooks."""
 
@@ -77,7 +85,7 @@ class Ainb:
     async def create(self, spec: NotebookSpec | dict[str, Any]) -> Notebook:
         if not isinstance(spec, NotebookSpec):
             spec = NotebookSpec.model_validate(spec)
-        return await self._svc.notebooks.create(self.project, spec)
+        return await self._svc.notebooks.create(self.project, spec, DIRECT)
 
     async def get(self, notebook_id: str) -> Notebook:
         return await self._svc.notebooks.get(self.project, notebook_id)
@@ -89,17 +97,17 @@ class Ainb:
         return await self._svc.notebooks.list(self.project, state, labels)
 
     async def start(self, notebook_id: str) -> Notebook:
-        return await self._svc.notebooks.start(self.project, notebook_id)
+        return await self._svc.notebooks.start(self.project, notebook_id, DIRECT)
 
     async def stop(self, notebook_id: str) -> Notebook:
-        return await self._svc.notebooks.stop(self.project, notebook_id)
+        return await self._svc.notebooks.stop(self.project, notebook_id, DIRECT)
 
     async def delete(self, notebook_id: str, keep_workspace: bool = False) -> Notebook:
-        return await self._svc.notebooks.delete(self.project, notebook_id, keep_workspace)
+        return await self._svc.notebooks.delete(self.project, notebook_id, keep_workspace, DIRECT)
 
     async def set_labels(self, notebook_id: str, labels: dict[str, str]) -> Notebook:
         req = LabelsRequest(labels=labels)
-        return await self._svc.notebooks.set_labels(self.project, notebook_id, req)
+        return await self._svc.notebooks.set_labels(self.project, notebook_id, req, DIRECT)
 
     async def usage(self, notebook_id: str) -> NotebookUsage:
         return await self._svc.usage.notebook(self.project, notebook_id)

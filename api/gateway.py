@@ -33,13 +33,13 @@ from api.errors import ApiError
 from api.fleet import FleetService
 from api.service import NotebookService
 from domain import search_attributes as sa
-from domain.access import Action, reaches, refusal
+from domain.access import Action, Principal, Role, reaches, refusal
 from domain.config import Settings
 from domain.gateway import host_matcher, notebook_origin
 from domain.ids import valid_notebook_id
 from domain.spec import Editor
 from domain.states import NotebookState
-from domain.tokens import link_token, session_mac, tunnel_token
+from domain.tokens import editor_read_token, link_token, session_mac, tunnel_token
 
 # Where a notebook runs changes only at a start; a short cache spares a Temporal query per
 # asset while a stale entry costs at most this long (a refused tunnel drops it at once).
@@ -77,6 +77,16 @@ class Route:
     tunnel: str | None
     labels: dict[str, str]
     token_generation: int
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who is let in to a notebook: signed in to the editor or not (unsecure_http),
+    read-only (a read token, JupyterLab), and the session cookie to set."""
+
+    authorized: bool
+    read_only: bool = False
+    session: str | None = None
 
 
 class Refused(Exception):
@@ -225,25 +235,40 @@ class Gateway:
     def _link(self, route: Route) -> str:
         return link_token(self._secret, route.project, route.notebook_id, route.token_generation)
 
-    async def _who(self, route: Route, token: str) -> str | None:
-        """Who a token is on this notebook: "link" for its link token, an API token's id
-        for a token that may open it, None for no valid token; Refused (403) for a valid
-        token that may not."""
+    async def _who(self, route: Route, token: str) -> tuple[str, bool] | None:
+        """(who, read-only) a token is on this notebook: "link" for its link token, an API
+        token's id for a token that may open it, None for no valid token; Refused (403)
+        for a valid token that may not."""
         # Bytes: a token that is not ASCII is just a wrong one, never an error.
         given = token.encode("utf-8", "surrogateescape")
         if hmac.compare_digest(given, self._link(route).encode()):
-            return "link"
+            return "link", False
         principal = await self._auth.principal(token) if self._auth else None
         if principal is None:
             return None
-        self._may_open(route, principal)
-        return principal.token_id
+        return principal.token_id, self._may_open(route, principal)
 
-    def _may_open(self, route: Route, principal) -> None:
+    def _editors_own(self, route: Route, token: str) -> bool:
+        given = token.encode("utf-8", "surrogateescape")
+        own = self._service.editor_token(route.notebook_id).encode()
+        reader = editor_read_token(self._secret, route.notebook_id).encode()
+        return hmac.compare_digest(given, own) | hmac.compare_digest(given, reader)
+
+    def _may_open(self, route: Route, principal: Principal) -> bool:
+        """Whether the principal opens the editor read-only; Refused if not at all."""
         if why := refusal(principal, Action.OPEN_EDITOR, route.project):
             raise Refused(403, f"notebook {route.notebook_id}: {why}")
         if not reaches(principal.selector, route.labels):
             raise Refused(404, f"notebook {route.notebook_id} not found")
+        if principal.role is not Role.READ:
+            return False
+        if route.editor is not Editor.JUPYTERLAB:
+            raise Refused(
+                403,
+                f"notebook {route.notebook_id}: a read token opens only JupyterLab (read-only); "
+                "VS Code has no read-only mode: use an operator token or the notebook's link",
+            )
+        return True
 
     def _session(self, route: Route, who: str) -> str:
         mac = session_mac(
@@ -251,21 +276,21 @@ class Gateway:
         )
         return f"{who}.{mac}"
 
-    async def _session_valid(self, route: Route, cookie: str) -> bool:
+    async def _session_valid(self, route: Route, cookie: str) -> bool | None:
+        """None for no valid session; else whether it is read-only."""
         who, _, _ = cookie.partition(".")
         expected = self._session(route, who).encode()
         if not who or not hmac.compare_digest(cookie.encode("utf-8", "surrogateescape"), expected):
-            return False  # another generation, another notebook, or made up
+            return None  # another generation, another notebook, or made up
         if who == "link":
-            return True
+            return False
         principal = await self._auth.by_id(who) if self._auth else None
         if principal is None:
-            return False  # revoked or expired since the session began
+            return None  # revoked or expired since the session began
         try:
-            self._may_open(route, principal)
+            return self._may_open(route, principal)
         except Refused:
-            return False
-        return True
+            return None
 
     def check_origin(self, route: Route, headers, *, websocket: bool = False) -> None:
         """Only the notebook's own pages may call it: a page of another origin (another
@@ -279,35 +304,38 @@ class Gateway:
         if site in ("cross-site", "same-site") and not navigating:
             raise Refused(403, f"{site} requests to notebook {route.notebook_id} refused")
 
-    async def admit(self, conn, notebook_id: str) -> tuple[Route, bool, str | None]:
-        """(route, authorized, the session cookie to set) for a request or WebSocket to a
-        notebook, or Refused: who may come in, from where, and whether it serves now."""
+    async def admit(self, conn, notebook_id: str) -> tuple[Route, Access]:
+        """(route, access) for a request or WebSocket to a notebook, or Refused: who may
+        come in, from where, and whether it serves now."""
         route = await self.route(notebook_id)
         self.check_origin(route, conn.headers, websocket=conn.scope["type"] == "websocket")
-        authorized, session = await self.authorize(
-            route, conn.query_params, conn.headers, conn.cookies
-        )
+        access = await self.authorize(route, conn.query_params, conn.headers, conn.cookies)
         self.serving(route)
-        return route, authorized, session
+        return route, access
 
-    async def authorize(self, route: Route, query, headers, cookies) -> tuple[bool, str | None]:
-        """(authorized, the session cookie to set): an explicit token must be valid, else
-        the cookie must be; nothing valid is a 401. An unsecure_http notebook needs none:
-        nothing is checked or added."""
+    async def authorize(self, route: Route, query, headers, cookies) -> Access:
+        """An explicit token must be valid, else the cookie must be; nothing valid is a
+        401. An unsecure_http notebook needs none: nothing is checked or added."""
         if route.unsecure_http:
-            return False, None
+            return Access(authorized=False)
         explicit = query.get("token")
         scheme, _, value = headers.get("authorization", "").partition(" ")
         if explicit is None and scheme.lower() in ("token", "bearer") and value:
             explicit = value.strip()
+        if explicit is not None and self._editors_own(route, explicit):
+            # JupyterLab puts its own token in its pages, and its scripts send it back:
+            # it opens nothing here (the session cookie decides), and is replaced.
+            explicit = None
         if explicit is not None:
-            who = await self._who(route, explicit)
-            if who is None:
+            found = await self._who(route, explicit)
+            if found is None:
                 raise Refused(401, f"the token is not valid for notebook {route.notebook_id}")
-            return True, self._session(route, who)
+            who, read_only = found
+            return Access(True, read_only, self._session(route, who))
         cookie = cookies.get(COOKIE_PREFIX + route.notebook_id)
-        if cookie and await self._session_valid(route, cookie):
-            return True, None
+        read_only = await self._session_valid(route, cookie) if cookie else None
+        if read_only is not None:
+            return Access(True, read_only)
         raise Refused(
             401,
             f"notebook {route.notebook_id} is private: open the link in its status.url (or "
@@ -315,9 +343,14 @@ class Gateway:
             + ("; the link you used is from before a token rotation" if cookie else ""),
         )
 
-    def editor_credentials(self, route: Route) -> tuple[dict[str, str], dict[str, str]]:
+    def editor_credentials(
+        self, route: Route, read_only: bool = False
+    ) -> tuple[dict[str, str], dict[str, str]]:
         """Headers and cookies that sign a request in to the editor itself (only for a
         request authorize() let in, so never for an unsecure_http notebook)."""
+        if read_only:  # JupyterLab only (_may_open): its read-only visitor's token
+            reader = editor_read_token(self._secret, route.notebook_id)
+            return {"authorization": f"token {reader}"}, {}
         token = self._service.editor_token(route.notebook_id)
         if route.editor is Editor.VSCODE:
             hashed = self._session_cookies.get(route.notebook_id)
@@ -342,7 +375,13 @@ class Gateway:
     # ------------------------------------------------------------------ headers
 
     def upstream_headers(
-        self, route: Route, headers, authorized: bool, *, websocket: bool = False
+        self,
+        route: Route,
+        headers,
+        authorized: bool,
+        *,
+        websocket: bool = False,
+        read_only: bool = False,
     ) -> dict[str, str]:
         """What the editor is sent: the browser's headers (its Host and Origin are the
         notebook's own, which the editor's origin checks accept), less the gateway's
@@ -360,7 +399,7 @@ class Gateway:
         cookies = _cookie_pairs(headers.get("cookie", ""))
         cookies.pop(COOKIE_PREFIX + route.notebook_id, None)
         if authorized:
-            extra_headers, extra_cookies = self.editor_credentials(route)
+            extra_headers, extra_cookies = self.editor_credentials(route, read_only)
             out.update(extra_headers)
             cookies.update(extra_cookies)
         if cookies:

@@ -96,7 +96,7 @@ async def forward(gw: Gateway, notebook_id: str, request: Request) -> Response:
     has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
     for attempt in (1, 2):
         try:
-            route, authorized, session = await gw.admit(request, notebook_id)
+            route, access = await gw.admit(request, notebook_id)
         except Refused as err:
             return _refusal(request.headers, err)
         try:
@@ -104,8 +104,12 @@ async def forward(gw: Gateway, notebook_id: str, request: Request) -> Response:
                 gw.tunnels,
                 notebook_id,
                 request.method,
-                _path_and_query(request, authorized),
-                list(gw.upstream_headers(route, request.headers, authorized).items()),
+                _path_and_query(request, access.authorized),
+                list(
+                    gw.upstream_headers(
+                        route, request.headers, access.authorized, read_only=access.read_only
+                    ).items()
+                ),
                 request.stream() if has_body else None,
             )
             break
@@ -132,8 +136,9 @@ async def forward(gw: Gateway, notebook_id: str, request: Request) -> Response:
             answer.body(), status_code=answer.status, background=BackgroundTask(answer.close)
         )
     response.raw_headers = headers
-    if session:
-        gw.set_cookie(response, route, session, secure=gw.origin(notebook_id).startswith("https:"))
+    if access.session:
+        secure = gw.origin(notebook_id).startswith("https:")
+        gw.set_cookie(response, route, access.session, secure=secure)
     return response
 
 
@@ -142,7 +147,7 @@ async def forward(gw: Gateway, notebook_id: str, request: Request) -> Response:
 
 async def forward_websocket(gw: Gateway, notebook_id: str, websocket: WebSocket) -> None:
     try:
-        route, authorized, _ = await gw.admit(websocket, notebook_id)
+        route, access = await gw.admit(websocket, notebook_id)
     except Refused as err:
         if "websocket.http.response" in websocket.scope.get("extensions", {}):
             # The same answer as over HTTP (401, 403, 404...), not a bare 403 for all.
@@ -155,13 +160,15 @@ async def forward_websocket(gw: Gateway, notebook_id: str, websocket: WebSocket)
         for p in websocket.headers.get("sec-websocket-protocol", "").split(",")
         if p.strip()
     ]
-    headers = gw.upstream_headers(route, websocket.headers, authorized, websocket=True)
+    headers = gw.upstream_headers(
+        route, websocket.headers, access.authorized, websocket=True, read_only=access.read_only
+    )
     host = websocket.headers.get("host", "localhost")
     origin = websocket.headers.get("origin")
     try:
         sock = await tunnel.open_socket(gw.targets, gw.tunnel_token, notebook_id)
         editor = await ws_connect(
-            f"ws://{host}{_path_and_query(websocket, authorized)}",
+            f"ws://{host}{_path_and_query(websocket, access.authorized)}",
             sock=sock,
             additional_headers=headers,
             origin=origin,  # type: ignore[arg-type]

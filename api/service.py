@@ -20,7 +20,7 @@ from api.errors import ApiError
 from api.fleet import FleetService
 from domain import codes
 from domain import search_attributes as sa
-from domain.access import Principal, reaches, selector_problem
+from domain.access import Principal, Role, reaches, selector_problem
 from domain.config import Settings
 from domain.gateway import notebook_url
 from domain.ids import CONTROL_TASK_QUEUE, valid_notebook_id, workflow_id
@@ -80,14 +80,17 @@ class NotebookService:
             max_history_events=s.max_history_events,
         )
 
-    def _present(self, notebook: Notebook) -> Notebook:
+    def _present(self, notebook: Notebook, caller: Principal | None = None) -> Notebook:
         """The gateway's address while the editor serves somewhere, with the notebook's
-        link token: it is derived here, never stored in history."""
+        link token (derived here, never stored in history) for a caller who may open the
+        editor fully: a read token's holder gets the address alone, and opens it with
+        its own token (read-only), never with the link's."""
         status = notebook.status
         url = None
         if status.endpoint:
             url = notebook_url(self._origins, notebook.spec.editor, notebook.id)
-            if not notebook.spec.unsecure_http:
+            full = caller is None or caller.role is not Role.READ
+            if not notebook.spec.unsecure_http and full:
                 url += f"?token={self.link_token(notebook)}"
         if url != status.url:
             notebook = notebook.model_copy(
@@ -184,7 +187,7 @@ class NotebookService:
             raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
         await self._add_live_progress(handle, notebook)
         await self._add_queue_position(notebook)
-        return self._present(notebook)
+        return self._present(notebook, caller)
 
     async def _add_queue_position(self, notebook: Notebook) -> None:
         """A queued notebook's place in line moves without its workflow knowing."""

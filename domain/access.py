@@ -108,11 +108,8 @@ def refusal(principal: Principal, action: Action, project: str | None) -> str | 
         if action is Action.AUDIT and principal.selector:
             return "a token limited by a label selector cannot read the project's audit log"
         return None
-    if action is Action.OPEN_EDITOR and principal.role is Role.READ:
-        return (
-            "a read token cannot open editors: neither JupyterLab nor VS Code is served "
-            "read-only through ainb; use an operator token or the notebook's link"
-        )
+    if action is Action.OPEN_EDITOR:
+        return None  # a read token read-only, where the editor can be (the gateway says)
     if principal.role is Role.READ:
         return f"a read token may not {action.value.replace('_', ' ')}: it needs role operator"
     if action is Action.MANAGE_TOKENS and principal.selector:

@@ -15,7 +15,7 @@ from domain.access import Actor
 from domain.billing import PeriodUsage, UsageRecord
 from domain.fleet import Allocation, CapacityRequest, FlavorSpec, FleetState, HostInventory, Quotas
 from domain.ids import valid_notebook_id, valid_project
-from domain.spec import LABELS_SCHEMA, NotebookSpec, Volume, check_labels
+from domain.spec import LABELS_SCHEMA, NotebookSpec, Volume, check_labels, unicode_text
 from domain.status import NotebookStatus, SyncProgress
 
 
@@ -157,6 +157,11 @@ class DataSyncRequest(BaseModel):
     # A volume's mount path, or "workspace"; None: every volume that allows the direction
     # (and the workspace, for a push).
     volume: str | None = None
+
+    @field_validator("volume")
+    @classmethod
+    def _volume(cls, value: str | None) -> str | None:
+        return value if value is None else unicode_text(value)
 
 
 class LabelsRequest(BaseModel):

@@ -18,8 +18,14 @@ _ALIAS = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9._/:-]{0,63}$")
+# A notebook's labels are one search attribute, a keyword list of key=value terms, whose
+# value Temporal caps at 2 KiB (limit.searchAttributesSizeOfValue): past it a create fails
+# and a label update terminates the workflow. 64 of these terms with their JSON quotes and
+# commas stay under it.
+MAX_LABELS_CHARS = 1800
 # What check_labels accepts, for the OpenAPI document (json_schema_extra of a labels map).
 LABELS_SCHEMA = {
+    "description": f"at most 64 labels, and {MAX_LABELS_CHARS} characters of key=value in all",
     "maxProperties": 64,
     "propertyNames": {"pattern": _LABEL_KEY.pattern},
     "additionalProperties": {"type": "string", "pattern": _LABEL_VALUE.pattern},
@@ -108,6 +114,16 @@ class Framework(_Strict):
 
 
 class Resources(_Strict):
+    # One of cpu and gpu (the other absent or null), as _one_kind checks.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": [kind], "properties": {kind: {"type": "integer"}}}
+                for kind in ("cpu", "gpu")
+            ]
+        },
+    )
     flavor: Annotated[str, Field(min_length=1, max_length=64)]
     cpu: Annotated[int, Field(gt=0)] | None = None
     gpu: Annotated[int, Field(gt=0)] | None = None
@@ -127,8 +143,19 @@ class Resources(_Strict):
         return self.gpu or self.cpu or 0
 
 
+def unicode_text(value: str) -> str:
+    """Refuse a lone surrogate, which JSON can carry (\\ud800) but no UTF-8 text (workflow
+    payloads, paths, S3 keys) can."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
 def normalize_mount_path(value: str) -> str:
     """Return the canonical mount path, refusing anything that is not strictly under /workspace."""
+    unicode_text(value)
     if not value.startswith("/"):
         raise ValueError(f"must be an absolute path under {WORKSPACE}, got {value!r}")
     if any(part in ("..", ".") for part in value.split("/")):
@@ -152,7 +179,7 @@ class Volume(_Strict):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        value = value.strip("/")
+        value = unicode_text(value).strip("/")
         if any(part in ("..", ".") for part in value.split("/") if part) or "//" in value:
             raise ValueError(
                 f"must be a plain key prefix without '.', '..' or empty segments, got {value!r}"
@@ -310,4 +337,7 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
             raise ValueError(
                 f"label value {value!r} of {key!r} must be at most 63 plain characters"
             )
+    size = sum(len(key) + 1 + len(value) for key, value in labels.items())
+    if size > MAX_LABELS_CHARS:
+        raise ValueError(f"at most {MAX_LABELS_CHARS} characters of key=value in all, got {size}")
     return labels

@@ -14,6 +14,13 @@ def editor_token(secret: str, notebook_id: str) -> str:
     return digest.hexdigest()[:40]
 
 
+@functools.lru_cache(maxsize=65536)
+def editor_read_token(secret: str, notebook_id: str) -> str:
+    """The editor's second token (JupyterLab): signs in a read-only visitor."""
+    digest = hmac.new(secret.encode(), f"editor-read:{notebook_id}".encode(), hashlib.sha256)
+    return digest.hexdigest()[:40]
+
+
 def agent_token(secret: str) -> str:
     """What the API shows a host agent to read its containers' logs."""
     digest = hmac.new(secret.encode(), b"agent-logs", hashlib.sha256)

@@ -141,6 +141,13 @@ def _gateway_http(w: World, who: str, headers: dict[str, str]) -> int:
     return httpx.get(w.origin + "/api/status", headers=headers, timeout=30).status_code
 
 
+def _gateway_write(w: World, who: str, headers: dict[str, str]) -> int:
+    """A new file (untitled*.txt) in the notebook: a write, which the gateway lets a read
+    token through to and JupyterLab then refuses it."""
+    r = httpx.post(w.origin + "/api/contents", json={"type": "file"}, headers=headers)
+    return r.status_code
+
+
 def _gateway_websocket(w: World, who: str, headers: dict[str, str]) -> int:
     url = "ws" + w.origin.removeprefix("http") + "/api/events/subscribe"
     try:
@@ -178,7 +185,9 @@ TABLE = [
         _rest("POST", "/v1/projects/{p}/tokens/{F}/renew", fresh="token")),
     Row("tokens revoke", "operator", 200, 403,
         _rest("DELETE", "/v1/projects/{p}/tokens/{F}", fresh="token")),
-    Row("gateway http", "operator", 200, 404, _gateway_http),
+    # A read token opens JupyterLab read-only (not VS Code, which has no such mode).
+    Row("gateway http", "read", 200, 404, _gateway_http),
+    Row("gateway write", "operator", 201, 404, _gateway_write),
     Row("gateway websocket", "operator", 101, 404, _gateway_websocket),
 ]  # fmt: skip
 
@@ -378,3 +387,47 @@ def test_credentials_come_only_from_the_authorization_header(world: World) -> No
     assert utf8.status_code == 401
     gateway = httpx.get(world.origin + "/api/status", params={"token": "jeton-é"})
     assert gateway.status_code == 401
+
+
+def test_a_read_token_opens_jupyterlab_read_only(world: World) -> None:
+    reader, operator = world.headers("read"), world.headers("operator")
+    origin = world.origin
+    # Its holder sees the notebook's address, never the link's token (full access).
+    seen = httpx.get(
+        f"{world.stack.api_url}{world.base()}/{world.running}", headers=reader, timeout=30
+    ).json()
+    assert seen["status"]["url"] == origin + "/lab"
+    listed = httpx.get(world.stack.api_url + world.base(), headers=reader, timeout=30).json()
+    assert all("token=" not in (nb["status"]["url"] or "") for nb in listed)
+    with httpx.Client(base_url=origin, timeout=30) as browser:
+        page = browser.get("/lab", params={"token": world.tokens["read"]})
+        assert page.status_code == 200 and "JupyterLab" in page.text
+        # The session it opened is read-only too: files and listings, nothing more.
+        assert browser.get("/api/contents").json()["type"] == "directory"
+        assert browser.get("/api/kernels").status_code == 200
+        for method, path, body in (
+            (
+                "PUT",
+                "/api/contents/by-reader.txt",
+                {"type": "file", "format": "text", "content": "x"},
+            ),
+            ("POST", "/api/kernels", {}),
+            ("POST", "/api/terminals", None),
+            ("GET", "/api/terminals", None),
+        ):
+            r = browser.request(method, path, json=body)
+            assert r.status_code == 403, (method, path, r.status_code)
+    # A kernel an operator started: the reader may see it, never talk to it.
+    kernel = httpx.post(origin + "/api/kernels", json={}, headers=operator, timeout=60).json()
+    try:
+        url = "ws" + origin.removeprefix("http") + f"/api/kernels/{kernel['id']}/channels"
+        with pytest.raises(InvalidStatus) as refused:
+            with connect(url, origin=origin, additional_headers=reader, open_timeout=30):
+                pass
+        assert refused.value.response.status_code == 403
+        with connect(url, origin=origin, additional_headers=operator, open_timeout=30):
+            pass
+    finally:
+        httpx.delete(origin + f"/api/kernels/{kernel['id']}", headers=operator, timeout=60)
+    gone = httpx.get(origin + "/api/contents/by-reader.txt", headers=operator, timeout=30)
+    assert gone.status_code == 404

@@ -98,6 +98,21 @@ def test_jupyterlab_in_a_browser(notebooks: Notebooks, browser, tmp_path) -> Non
     notebooks.wait(nid, "DELETED")
 
 
+def test_a_read_token_sees_jupyterlab_in_a_browser(notebooks: Notebooks, browser) -> None:
+    nid, url = _open(notebooks, "jupyterlab", "seen-by-reader.txt")
+    r = notebooks.api.post(
+        f"/v1/projects/{notebooks.project}/tokens", json={"name": "viewer", "role": "read"}
+    )
+    assert r.status_code == 201, r.text
+    browser.get(url.split("?")[0] + "?token=" + r.json()["token"])
+    wait = WebDriverWait(browser, 90)
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#jp-main-dock-panel")))
+    # Read-only, yet the workspace is there to see.
+    wait.until(_item_named(browser, ".jp-DirListing-item", "seen-by-reader.txt"))
+    notebooks.delete(nid)
+    notebooks.wait(nid, "DELETED")
+
+
 def test_vscode_in_a_browser(notebooks: Notebooks, browser, tmp_path) -> None:
     nid, url = _open(notebooks, "vscode", "seen-in-code.txt")
     browser.get(url)

@@ -39,6 +39,7 @@ def test_python_client_drives_a_notebook(stack: Stack, project: str, monkeypatch
         assert nb.id in {n.id for n in await ainb.list(state="RUNNING")}
         nb = await ainb.set_labels(nb.id, {"via": "python", "tier": "gold"})
         assert nb.spec.labels == {"via": "python", "tier": "gold"}
+        assert nb.status.last_command_by and nb.status.last_command_by.token_id == "temporal-client"
 
         await ainb.stop(nb.id)
         await ainb.wait(nb.id, "STOPPED", within_s=120)

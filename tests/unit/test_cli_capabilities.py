@@ -34,7 +34,7 @@ def _client(tmp_path) -> TestClient:
                     "default_version": "2",
                     "versions": {"2": {"images": {"jupyterlab": "t:2"}}},
                 },
-            }
+            },
         }
     )
     app.state.auth = Authenticator(app.state.settings, AccessStore(tmp_path / "ledger.sqlite"))

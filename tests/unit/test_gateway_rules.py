@@ -19,7 +19,7 @@ from domain.config import Settings
 from domain.gateway import notebook_url, origin_pattern, ready_path
 from domain.spec import Editor
 from domain.states import NotebookState
-from domain.tokens import editor_token, link_token, session_mac
+from domain.tokens import editor_read_token, editor_token, link_token, session_mac
 from ledger.access_store import AccessStore, StoredToken
 
 SECRET = "s3cret"
@@ -182,12 +182,12 @@ def test_a_websocket_from_another_site_is_refused_even_as_navigation() -> None:
     ],
 )
 def test_who_is_let_in(query, headers, cookies, session) -> None:
-    authorized, cookie = _authorize(_route(), query, headers, cookies)
-    assert authorized
+    access = _authorize(_route(), query, headers, cookies)
+    assert access.authorized and not access.read_only
     if session is None:
-        assert cookie is None
+        assert access.session is None
     else:
-        assert cookie is not None and cookie.startswith(session)
+        assert access.session is not None and access.session.startswith(session)
 
 
 @pytest.mark.parametrize(
@@ -206,13 +206,23 @@ def test_without_a_valid_credential_nothing_reaches_the_editor(cookie) -> None:
     assert err.value.status == 401
 
 
+def test_the_editors_own_token_opens_nothing_but_does_not_spoil_a_session() -> None:
+    # JupyterLab's pages carry its own token, which its scripts send back.
+    own = {"authorization": f"token {editor_token(SECRET, NID)}"}
+    with pytest.raises(Refused) as err:
+        _authorize(_route(), {}, own, {})
+    assert err.value.status == 401
+    session = {COOKIE_PREFIX + NID: _session("link")}
+    assert _authorize(_route(), {}, own, session).authorized
+
+
 def test_a_rotation_ends_old_links_and_sessions() -> None:
     rotated = _route(generation=1)
     for query, cookies in (({"token": LINK}, {}), ({}, {COOKIE_PREFIX + NID: _session("link")})):
         with pytest.raises(Refused) as err:
             _authorize(rotated, query, {}, cookies)
         assert err.value.status == 401
-    assert _authorize(rotated, {"token": link_token(SECRET, "p", NID, 1)}, {}, {})[0]
+    assert _authorize(rotated, {"token": link_token(SECRET, "p", NID, 1)}, {}, {}).authorized
 
 
 @pytest.mark.parametrize(
@@ -233,19 +243,30 @@ def test_a_wrong_explicit_token_is_refused(credentials) -> None:
 
 
 @pytest.mark.parametrize(
-    ("token", "status"),
-    [(READER, 403), (NLP, 404), (_issue(Role.OPERATOR, project="q"), 403)],
+    ("token", "editor", "status"),
+    [
+        (READER, Editor.VSCODE, 403),  # no read-only mode
+        (NLP, Editor.JUPYTERLAB, 404),
+        (_issue(Role.OPERATOR, project="q"), Editor.JUPYTERLAB, 403),
+    ],
 )
-def test_api_tokens_open_only_what_they_may(token: str, status: int) -> None:
+def test_api_tokens_open_only_what_they_may(token: str, editor: Editor, status: int) -> None:
     with pytest.raises(Refused) as err:
-        _authorize(_route(), {"token": token}, {}, {})
+        _authorize(_route(editor), {"token": token}, {}, {})
     assert err.value.status == status
 
 
+def test_a_read_token_opens_jupyterlab_read_only() -> None:
+    access = _authorize(_route(), {"token": READER}, {}, {})
+    assert access.authorized and access.read_only and access.session
+    again = _authorize(_route(), {}, {}, {COOKIE_PREFIX + NID: access.session})
+    assert again.authorized and again.read_only
+    out = _gateway().upstream_headers(_route(), Headers({}), True, read_only=True)
+    assert out["authorization"] == f"token {editor_read_token(SECRET, NID)}"
+
+
 def test_an_api_token_only_opens_its_own_project() -> None:
-    other = Route(
-        "q", NID, Editor.JUPYTERLAB, False, NotebookState.RUNNING, "127.0.0.1:1", {}, 0
-    )
+    other = Route("q", NID, Editor.JUPYTERLAB, False, NotebookState.RUNNING, "127.0.0.1:1", {}, 0)
     with pytest.raises(Refused):
         _authorize(other, {}, {"authorization": "Bearer api-tok"}, {})
 
@@ -253,7 +274,7 @@ def test_an_api_token_only_opens_its_own_project() -> None:
 def test_a_revoked_tokens_sessions_end() -> None:
     token = _issue(Role.OPERATOR)
     token_id = token.split("_")[1]
-    assert _authorize(_route(), {}, {}, {COOKIE_PREFIX + NID: _session(token_id)})[0]
+    assert _authorize(_route(), {}, {}, {COOKIE_PREFIX + NID: _session(token_id)}).authorized
     _STORE.revoke(token_id, datetime.now(UTC))
     gw = _gateway()  # a fresh cache: another API process after TOKEN_CACHE_S
     with pytest.raises(Refused):
