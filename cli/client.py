@@ -46,7 +46,7 @@ def _error(response: httpx.Response) -> ApiError:
     except ValueError:
         body = None
     if isinstance(body, dict):
-        # api/errors.py says {"error", "field"?}; FastAPI's own 404/405 say {"detail"}.
+        # api/errors.py says {"error", "field"?}; "detail" and "message": other servers.
         message = body.get("error") or body.get("detail") or body.get("message")
         if not isinstance(message, str):
             message = str(message) if message else response.reason_phrase
