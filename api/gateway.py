@@ -307,7 +307,13 @@ class Gateway:
     async def admit(self, conn, notebook_id: str) -> tuple[Route, Access]:
         """(route, access) for a request or WebSocket to a notebook, or Refused: who may
         come in, from where, and whether it serves now."""
+        cached = self._routes.get(notebook_id, (0.0,))[0] > time.monotonic()
         route = await self.route(notebook_id)
+        if cached and (route.state != NotebookState.RUNNING or route.tunnel is None):
+            # The cached route may be from before a start (or a move): ask once more
+            # before saying it does not serve.
+            self.invalidate(notebook_id)
+            route = await self.route(notebook_id)
         self.check_origin(route, conn.headers, websocket=conn.scope["type"] == "websocket")
         access = await self.authorize(route, conn.query_params, conn.headers, conn.cookies)
         self.serving(route)
