@@ -21,7 +21,9 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException
 
 from api.errors import ApiError
 from domain.access import (
@@ -179,6 +181,12 @@ def allow(action: Action) -> Callable[[Request], AsyncIterator[Principal]]:
             yield principal
         except ApiError as err:
             await _audit(request, principal, action, err.status, err.message)
+            raise
+        except RequestValidationError as err:
+            await _audit(request, principal, action, 422, str(err.errors())[:500])
+            raise
+        except HTTPException as err:
+            await _audit(request, principal, action, err.status_code, str(err.detail))
             raise
         except Exception as err:
             await _audit(request, principal, action, 500, str(err))
