@@ -4,15 +4,13 @@ SQLite file as the usage records). Only a token's hash is stored; its secret is 
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from domain.access import Role
+from ledger.sqlite import connect, timestamp
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_tokens (
@@ -81,14 +79,8 @@ class AccessStore:
         with self._db() as db:
             db.executescript(_SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            yield db
-        finally:
-            db.close()
+    def _db(self):
+        return connect(self.path)
 
     # ------------------------------------------------------------------ tokens
 
@@ -121,26 +113,28 @@ class AccessStore:
         with self._db() as db:
             db.execute(
                 "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                [_ts(at), token_id],
+                [timestamp(at), token_id],
             )
 
     def renew(self, token_id: str, expires_at: datetime) -> bool:
         with self._db() as db:
             cur = db.execute(
                 "UPDATE api_tokens SET expires_at = ? WHERE id = ? AND revoked_at IS NULL",
-                [_ts(expires_at), token_id],
+                [timestamp(expires_at), token_id],
             )
             return cur.rowcount == 1
 
     def touch(self, token_id: str, at: datetime) -> None:
         with self._db() as db:
-            db.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", [_ts(at), token_id])
+            db.execute(
+                "UPDATE api_tokens SET last_used_at = ? WHERE id = ?", [timestamp(at), token_id]
+            )
 
     # ------------------------------------------------------------------- audit
 
     def record(self, entry: AuditEntry) -> None:
         row = entry.model_dump(mode="json")
-        row["at"] = _ts(entry.at)
+        row["at"] = timestamp(entry.at)
         with self._db() as db:
             db.execute(
                 f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}) "
@@ -153,7 +147,7 @@ class AccessStore:
             rows = db.execute(
                 f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM audit "
                 "WHERE project = ? AND at >= ? AND at < ? ORDER BY seq LIMIT ?",
-                [project, _ts(start), _ts(end), limit],
+                [project, timestamp(start), timestamp(end), limit],
             ).fetchall()
         return [AuditEntry.model_validate(dict(zip(_AUDIT_COLUMNS, r, strict=True))) for r in rows]
 
@@ -163,7 +157,7 @@ def _token_row(token: StoredToken) -> dict:
     row["selector"] = json.dumps(token.selector, sort_keys=True)
     for key in ("created_at", "expires_at", "last_used_at", "revoked_at"):
         value = getattr(token, key)
-        row[key] = _ts(value) if value else None
+        row[key] = timestamp(value) if value else None
     return row
 
 
@@ -171,8 +165,3 @@ def _token(row: tuple) -> StoredToken:
     values = dict(zip(_TOKEN_COLUMNS, row, strict=True))
     values["selector"] = json.loads(values["selector"])
     return StoredToken.model_validate(values)
-
-
-def _ts(at: datetime) -> str:
-    """One fixed UTC format, so that text order is time order in SQL."""
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

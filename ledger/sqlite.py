@@ -34,6 +34,19 @@ CREATE INDEX IF NOT EXISTS usage_time ON usage (project, recorded_at);
 _COLUMNS = list(UsageRecord.model_fields)
 
 
+@contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """One connection to the ledger's database (the usage records, and the API tokens and
+    audit log of ledger/access_store.py), in autocommit mode."""
+    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # a record acknowledged is a record kept
+        yield db
+    finally:
+        db.close()
+
+
 class SqliteLedger:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -41,22 +54,15 @@ class SqliteLedger:
         with self._db() as db:
             db.executescript(_SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # a record acknowledged is a record kept
-            yield db
-        finally:
-            db.close()
+    def _db(self):
+        return connect(self.path)
 
     def record(self, rec: UsageRecord) -> bool:
         """Write a record once; False if its key was already there (a retry)."""
         row = rec.model_dump(mode="json")
         row["final"] = int(rec.final)
-        row["recorded_at"] = _ts(rec.recorded_at)
-        row["period_started_at"] = _ts(rec.period_started_at)
+        row["recorded_at"] = timestamp(rec.recorded_at)
+        row["period_started_at"] = timestamp(rec.period_started_at)
         with self._db() as db:
             cur = db.execute(
                 f"INSERT OR IGNORE INTO usage ({', '.join(_COLUMNS)}) "
@@ -83,7 +89,7 @@ class SqliteLedger:
                 "SELECT notebook_id, flavor, kind, SUM(minutes), SUM(minutes * quantity) FROM usage "
                 "WHERE project = ? AND recorded_at >= ? AND recorded_at < ? "
                 "GROUP BY notebook_id, flavor, kind ORDER BY notebook_id, flavor",
-                [project, _ts(start), _ts(end)],
+                [project, timestamp(start), timestamp(end)],
             ).fetchall()
         return [
             {"notebook_id": n, "flavor": f, "kind": k, "minutes": m, "unit_minutes": um}
@@ -91,6 +97,6 @@ class SqliteLedger:
         ]
 
 
-def _ts(at: datetime) -> str:
+def timestamp(at: datetime) -> str:
     """One fixed UTC format, so that text order is time order in SQL."""
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
