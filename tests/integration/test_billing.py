@@ -100,7 +100,11 @@ def test_host_lost_is_billed_to_the_last_heartbeat(notebooks: Notebooks, stack: 
         assert nb["status"]["info"]["code"] == "HOST_LOST"
         # bound: heartbeat timeout (5 s) + pickup timeout + a retry
         assert noticed_after < 5 + 15 + 15, noticed_after
-        [period] = _usage(notebooks, nid)["periods"]
+        # The workflow shows ERROR, then writes the period's last record to the ledger.
+        deadline = time.monotonic() + 10
+        while not (periods := _usage(notebooks, nid)["periods"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        [period] = periods
         ended = datetime.fromisoformat(period["ended_at"]).timestamp()
         assert killed_at - 2.5 <= ended <= killed_at + 0.5  # the last heartbeat, not the notice
         started = datetime.fromisoformat(period["started_at"])
