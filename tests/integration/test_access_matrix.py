@@ -5,6 +5,7 @@ page of another site (or a DNS-rebinding one) gets."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 import uuid
@@ -278,8 +279,10 @@ def test_state_changes_are_audited_by_token_never_by_secret(world: World) -> Non
     assert not any(t and t in str(entries) for t in world.tokens.values())
 
 
-def _db(stack: Stack) -> sqlite3.Connection:
-    return sqlite3.connect(stack.data_dir / "ledger.sqlite", timeout=30, isolation_level=None)
+def _db(stack: Stack) -> contextlib.closing[sqlite3.Connection]:
+    """Another process's write to the token store, on a connection closed right after."""
+    db = sqlite3.connect(stack.data_dir / "ledger.sqlite", timeout=30, isolation_level=None)
+    return contextlib.closing(db)
 
 
 CACHE_S = 5  # api.auth.TOKEN_CACHE_S: what another API process may take to notice
