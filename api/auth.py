@@ -78,9 +78,7 @@ class Authenticator:
             if principal.token_id == token_id:
                 return principal
         stored = await self._stored(token_id)
-        if stored is None or stored.revoked_at is not None:
-            return None
-        if stored.expires_at <= datetime.now(UTC):
+        if stored is None or stored.state(datetime.now(UTC)) != "active":
             return None
         return _principal(stored)
 
@@ -106,8 +104,7 @@ class Authenticator:
         now = datetime.now(UTC)
         if (
             stored is None
-            or stored.revoked_at is not None
-            or stored.expires_at <= now
+            or stored.state(now) != "active"
             or not same_secret(secret_part, stored.secret_hash)
         ):
             return None

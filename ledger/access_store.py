@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from domain.access import Role
-from ledger.sqlite import connect, timestamp
+from ledger.sqlite import Database, timestamp
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_tokens (
@@ -55,6 +55,11 @@ class StoredToken(BaseModel):
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
 
+    def state(self, now: datetime) -> Literal["active", "expired", "revoked"]:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at <= now else "active"
+
 
 class AuditEntry(BaseModel):
     at: datetime
@@ -72,15 +77,8 @@ _TOKEN_COLUMNS = list(StoredToken.model_fields)
 _AUDIT_COLUMNS = list(AuditEntry.model_fields)
 
 
-class AccessStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
-
-    def _db(self):
-        return connect(self.path)
+class AccessStore(Database):
+    schema = _SCHEMA
 
     # ------------------------------------------------------------------ tokens
 

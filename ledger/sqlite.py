@@ -47,15 +47,23 @@ def connect(path: Path) -> Iterator[sqlite3.Connection]:
         db.close()
 
 
-class SqliteLedger:
+class Database:
+    """A store in the ledger's database file: its tables made on first use."""
+
+    schema = ""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
-            db.executescript(_SCHEMA)
+            db.executescript(self.schema)
 
     def _db(self):
         return connect(self.path)
+
+
+class SqliteLedger(Database):
+    schema = _SCHEMA
 
     def record(self, rec: UsageRecord) -> bool:
         """Write a record once; False if its key was already there (a retry)."""

@@ -78,10 +78,6 @@ class IssuedToken(TokenView):
 
 
 def _view(t: StoredToken) -> TokenView:
-    now = datetime.now(UTC)
-    state: Literal["active", "expired", "revoked"] = (
-        "revoked" if t.revoked_at else "expired" if t.expires_at <= now else "active"
-    )
     return TokenView(
         id=t.id,
         name=t.name,
@@ -93,7 +89,7 @@ def _view(t: StoredToken) -> TokenView:
         expires_at=t.expires_at,
         last_used_at=t.last_used_at,
         revoked_at=t.revoked_at,
-        state=state,
+        state=t.state(datetime.now(UTC)),
     )
 
 
