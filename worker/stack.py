@@ -550,7 +550,7 @@ def main() -> None:
         cli_note = (
             f"the ainb CLI uses it ({cli_config})"
             if written
-            else f"{cli_config} is your own: put token = \"$(cat {stack.admin_token_path})\" in it"
+            else f'{cli_config} is your own: put token = "$(cat {stack.admin_token_path})" in it'
         )
         p = stack.ports
         runtime_note = (

@@ -32,6 +32,7 @@ def _app(tmp_path) -> tuple[TestClient, AccessStore]:
     settings = Settings(admin_tokens=[ADMIN], api_tokens={"p": ["static-operator-token-0123"]})
     store = AccessStore(tmp_path / "ledger.sqlite")
     app.state.auth = Authenticator(settings, store)
+
     @app.post("/v1/projects/{project}/things", status_code=status.HTTP_201_CREATED)
     async def create(project: str, body: Body, caller: Creator) -> dict:
         if body.n < 0:
