@@ -434,3 +434,26 @@ def test_a_read_token_opens_jupyterlab_read_only(world: World) -> None:
         httpx.delete(origin + f"/api/kernels/{kernel['id']}", headers=operator, timeout=60)
     gone = httpx.get(origin + "/api/contents/by-reader.txt", headers=operator, timeout=30)
     assert gone.status_code == 404
+
+
+def test_the_tokens_inside_a_notebook_open_nothing(world: World, docker_client) -> None:
+    """What a notebook's own code can read of its editor's credentials (the editor's token
+    and its read-only token, in files of its user) opens nothing: not the notebook from
+    outside through the gateway, not another notebook, not the REST API."""
+    [container] = docker_client.containers.list(
+        filters={"label": f"ai.ainb.notebook={world.running}"}
+    )
+    found = {}
+    for name in ("jupyter-token", "jupyter-read-token"):
+        code, out = container.exec_run(["sh", "-c", f"cat /tmp/ainb-editor*/{name}"], user="1000")
+        assert code == 0, out
+        found[name] = out.decode().strip()
+    assert all(len(t) == 40 for t in found.values()) and len(set(found.values())) == 2
+    api = world.stack.api_url + world.base()
+    for token in found.values():
+        for attempt in (
+            httpx.get(world.origin + "/api/contents", params={"token": token}),
+            httpx.get(world.origin + "/api/contents", headers={"authorization": f"token {token}"}),
+            httpx.get(api, headers={"authorization": f"Bearer {token}"}),
+        ):
+            assert attempt.status_code == 401, attempt.text
