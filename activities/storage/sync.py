@@ -45,6 +45,17 @@ Safety rules (losing user data is the worst possible bug):
   objects this directory knew (recorded by an earlier pull or push, with the
   same ETag) and no longer has: an object new or changed in storage since is
   someone else's and is kept, and a directory with no record deletes nothing;
+* a push never puts back a stale copy over someone else's write (see
+  ``docs/sync-conflicts.md``): a file unchanged locally since the last sync whose
+  object changed (ETag, size, the LastModified a pull recorded, a symlink's
+  target) or was deleted in storage meanwhile is left alone; a file changed on
+  both sides is uploaded after the stored version was copied (server side) to
+  ``prefix/.ainb-preserved/<UTC time>-<random>/rel/path``, and so is one whose
+  object is new since the last sync (a directory with no record of the prefix,
+  i.e. a first push, uploads as before).  Uploads are conditional on the listed
+  version (``If-Match`` / ``If-None-Match``, dropped for the rest of the push if
+  the server does not implement them): a write landing between the listing and
+  the upload makes that file fail instead of being overwritten;
 * a pull never destroys local data that is not known to be in storage: a
   local file changed since the last sync while the object did not (e.g. the
   last push failed) is kept as is; a local file that must be overwritten or
@@ -174,6 +185,12 @@ _MAX_KEY_BYTES = 1024
 _TMP_PREFIX = ".ainb-tmp-"
 _TMP_RE = re.compile(r"^\.ainb-tmp-[0-9a-f]{16}$")
 
+#: Under the prefix: where a push keeps the stored version of an object it replaces
+#: when both sides changed it since the last sync (``<run>/<relative key>``).
+PRESERVED_AREA = ".ainb-preserved"
+#: Larger objects cannot be copied by one CopyObject: a multipart copy is used.
+_MAX_COPY_BYTES = 5 * 1024 * MiB
+
 # Error codes that mean "the configuration does not let us use this bucket".
 _ACCESS_CODES = {
     "AccessDenied",
@@ -295,8 +312,11 @@ def push(
     ``exclude`` lists relative POSIX paths under ``local_dir`` (typically
     directories, e.g. ``"data/vol1"``) that are neither uploaded nor deleted
     remotely.  With ``delete=True`` remote objects that have no local
-    counterpart are deleted.  Returns the stats; raises :class:`StorageError`
-    (or a subclass) if anything could not be pushed.
+    counterpart are deleted, if this directory knew them as they are.  An object
+    changed in storage since the last sync is never replaced by a local copy that
+    did not change; if both changed, the stored version is first copied under
+    ``prefix/.ainb-preserved/`` (see docs/sync-conflicts.md).  Returns the stats;
+    raises :class:`StorageError` (or a subclass) if anything could not be pushed.
     """
     ctx = _Ctx.make(s3, bucket, prefix, local_dir, "push")
     excl = _normalize_excludes(exclude)
@@ -769,6 +789,32 @@ def _delete_keys(ctx: _Ctx, keys: Sequence[str], doing: str) -> dict[str, tuple[
     return failed
 
 
+_CONDITION_UNSUPPORTED = {"NotImplemented", "501", "InvalidArgument", "InvalidRequest"}
+
+
+def _condition_refused(exc: BaseException) -> str | None:
+    """Why a conditional request failed: "failed" (the object is not the expected
+    one), "unsupported" (the server does not implement the condition), or None."""
+    if not isinstance(exc, ClientError):
+        return None
+    code = str((exc.response.get("Error") or {}).get("Code") or "")
+    status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    if code == "PreconditionFailed" or status == 412 or code == "412":
+        return "failed"
+    # AWS answers 501 NotImplemented for a condition it does not support; other servers
+    # reject the header as a bad request: either way, the upload is worth one more try
+    if code in _CONDITION_UNSUPPORTED or status == 501:
+        return "unsupported"
+    return None
+
+
+def _changed_remotely(rel: str) -> str:
+    return (
+        f"'{rel}' was changed in storage by someone else during this push, so it was not "
+        "overwritten; push again (the stored version is then preserved)"
+    )
+
+
 # --------------------------------------------------------------------------
 # manifests and locking
 # --------------------------------------------------------------------------
@@ -1122,6 +1168,34 @@ def _same_content(tree: Tree, rel: str, st: os.stat_result, size: int, etag: str
     except (OSError, ValueError):
         return False
     return False
+
+
+def _same_version(record: dict, remote: tuple[int, str, str]) -> bool:
+    """Is the listed object (size, ETag, LastModified) the version ``record`` describes?
+
+    LastModified counts only where a pull recorded it ("lm"): a metadata-only rewrite
+    (chmod, touch, a symlink's new target: the same bytes, so the same ETag) is a new
+    version written by someone too."""
+    size, etag, lm = remote
+    return (
+        record.get("size") == size and record.get("etag") == etag and record.get("lm") in (None, lm)
+    )
+
+
+def _version(record: dict) -> tuple[int, str, str]:
+    """The (size, ETag, LastModified) a manifest record was made from."""
+    return record.get("size", -1), record.get("etag", ""), record.get("lm", "")
+
+
+def _implied_dirs(keys: Iterable[str]) -> set[str]:
+    """Every "directory" above the given keys ("a/b/c" -> "a/b", "a")."""
+    out: set[str] = set()
+    for key in keys:
+        for d in _parents(key):
+            if d in out:
+                break  # and so are all of its parents
+            out.add(d)
+    return out
 
 
 def _entry_from_stat(kind: str, size: int, etag: str, st: os.stat_result, target: str | None):
@@ -2447,6 +2521,7 @@ class _PutJob:
     attempt: int
     progress: _Progress | None
     target: str | None  # symlinks
+    conditional: bool = False  # sent with If-Match / If-None-Match
 
 
 def _meta_headers(meta: dict[str, str]) -> list[tuple[str, str]]:
@@ -2458,7 +2533,14 @@ class _PushItem:
     key: str
     rel: str
     local: _LocalEntry
-    head_first: bool  # no manifest entry but the remote size matches: compare metadata
+    remote: tuple[int, str, str] | None  # as listed: (size, etag, last-modified)
+    head_first: bool = False  # the object may already hold this file: compare metadata
+    preserve: bool = False  # copy the stored version aside before replacing it
+    #: a symlink's object looks unchanged: preserve it only if its target is not this
+    linked: dict | None = None
+    #: upload only over this version: an ETag (If-Match), "*" for "none" (If-None-Match),
+    #: None for no condition
+    expect: str | None = None
 
 
 class _Pusher:
@@ -2470,6 +2552,14 @@ class _Pusher:
         self.runner = _Runner(ctx, progress, should_stop, workers, "uploading to")
         self.protected: set[str] = set()  # keys that must not be deleted remotely
         self.tree: Tree | None = None  # local_dir, opened once by run()
+        # cleared if the server rejects conditional uploads (then sent without them)
+        self.conditional = True
+        self.kept: list[str] = []  # changed or deleted in storage only: left as they are
+        self.preserved: list[str] = []  # stored versions copied aside before replacing
+        self._preserved_lock = threading.Lock()
+        stamp = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+        self.preserve_prefix = f"{ctx.kp}{PRESERVED_AREA}/{stamp}/"
+        self._implied: set[str] | None = None  # directories implied by the listing
 
     def run(self) -> SyncStats:
         try:
@@ -2503,13 +2593,8 @@ class _Pusher:
             self._check_pull_completed()
         self.manifest = _Manifest.load(ctx, "push")
         self.pull_manifest = _Manifest.load(ctx, "pull")
-        # What this directory knew of the prefix before this push: only those objects, as
-        # they were then, are ones its owner can have deleted (see _delete_remote).
-        self.known_etags = {
-            key: entry.get("etag")
-            for entries in (self.pull_manifest.entries, self.manifest.entries)
-            for key, entry in entries.items()
-        }
+        self.known = self._known_records()
+        self.synced_before = self.manifest.found or self.pull_manifest.found
         self.runner.set_saver(self._save)
         try:
             self._run()
@@ -2519,6 +2604,20 @@ class _Pusher:
             finally:
                 self._save()
         return self.runner.finish("push")
+
+    def _known_records(self) -> dict[str, dict]:
+        """What this directory knew of the prefix before this push, by key: the state
+        both sides shared at the last sync (see _plan and _delete_remote).
+
+        The push manifest's entry where there is one, else the pull manifest's; with
+        the LastModified a pull recorded for that same version."""
+        known = dict(self.pull_manifest.entries)
+        for key, entry in self.manifest.entries.items():
+            pulled = known.get(key)
+            if pulled is not None and "lm" in pulled and _same_version(entry, _version(pulled)):
+                entry = {**entry, "lm": pulled["lm"]}
+            known[key] = entry
+        return known
 
     def _save(self) -> None:
         self.manifest.complete = not (self.runner.stopping or self.runner.failures)
@@ -2595,33 +2694,134 @@ class _Pusher:
         for key in sorted(wanted):
             e = wanted[key]
             remote = listing.get(key)
-            m = self.manifest.entries.get(key)
-            if m is not None and remote is not None and self._unchanged(m, e, remote[:2]):
+            action = self._plan(key, e, remote)
+            if action in ("skip", "keep"):
                 stats.files_skipped += 1
-                self._seed_pull_manifest(key, m)
+                if action == "skip":
+                    self._record_unchanged(key)
+                else:
+                    self.kept.append(e.rel)
                 continue
-            head_first = m is None and remote is not None and remote[0] == e.size
-            item = _PushItem(key, e.rel, e, head_first)
-            (heads if head_first else self.uploads).append(item)
+            item = self._item(key, e, remote, listing, action)
+            (heads if item.head_first or item.preserve else self.uploads).append(item)
         for key in [k for k in self.manifest.entries if k not in wanted]:
             rel = key[len(ctx.kp) :].rstrip("/")
             if not _is_excluded(rel, self.excludes):
                 del self.manifest.entries[key]
         runner.report()
 
-        # no manifest entry but an object of the same size: compare its metadata first
+        # the object may already hold this file (compare its metadata), or holds someone
+        # else's version that must be copied aside first
         runner.run_pool(heads, self._check_head, self._on_head_done)
         self.uploads.sort(key=lambda i: i.key)
         runner.run_async(self.uploads, self._start_put, self._finish_put, self._on_done)
+        self._log_outcome()
 
         if self.delete and not runner.stopping:
             self._delete_remote(listing, wanted)
 
+    def _plan(self, key: str, e: _LocalEntry, remote: tuple[int, str, str] | None) -> str:
+        """Decide what to do with one local entry: "skip", "keep", "put", "check" or
+        "conflict".
+
+        Three-way comparison between the local entry, the listed object and what the
+        last sync recorded of both (``self.known``):
+
+        * both unchanged                    -> skip
+        * only the object changed, or it    -> keep: someone else's newer write (or
+          was deleted                          deletion) stays; the next pull brings it
+        * only the local entry changed      -> put
+        * both changed                      -> conflict: the stored version is copied to
+                                               the preserved area, then replaced
+        * no record of the key: nothing stored -> put; an object this directory never
+          saw although it synced with the prefix before is someone else's new write
+          -> conflict (unless it already holds this very file); with no record of the
+          prefix at all (a first push) there is no "since" -> put, as it always did
+
+        Directory markers hold no data: they are put, never preserved.  A symlink's
+        object is empty whatever its target (the same ETag; LastModified to the second
+        at best): one that looks unchanged is checked ("link") before it is replaced.
+        """
+        known = self.known.get(key)
+        if known is None:
+            if remote is None:
+                return "put"
+            if e.kind == "d" or not self.synced_before:
+                return "check" if remote[0] == e.size else "put"
+            return "conflict"
+        if self._local_unchanged(known, e):
+            return "skip" if remote is not None and _same_version(known, remote) else "keep"
+        if remote is None or e.kind == "d":
+            return "put"
+        if _same_version(known, remote):
+            return "link" if known.get("t") == "l" else "put"
+        return "conflict"
+
+    def _item(
+        self,
+        key: str,
+        e: _LocalEntry,
+        remote: tuple[int, str, str] | None,
+        listing: dict[str, tuple[int, str, str]],
+        action: str,
+    ) -> _PushItem:
+        item = _PushItem(key, e.rel, e, remote)
+        if action == "check":
+            item.head_first = True
+        elif action == "conflict":
+            assert remote is not None
+            # same size: perhaps this file after all (a push whose record was lost)
+            item.head_first = remote[0] == e.size
+            item.preserve = True
+        elif action == "link":
+            item.preserve = True
+            item.linked = self.known[key]
+        if e.kind == "d":
+            return item  # a marker replaces nothing worth a condition
+        if remote is not None:
+            item.expect = remote[1]
+        else:
+            if self._implied is None:
+                self._implied = _implied_dirs(listing)
+            # some servers (SeaweedFS) count a key with objects below it as existing
+            # (a directory) and would refuse every upload of it
+            item.expect = None if key in self._implied else "*"
+        return item
+
+    def _record_unchanged(self, key: str) -> None:
+        m = self.manifest.entries.get(key)
+        if m is None:  # known from the pull manifest only: the next push knows it too
+            m = {k: v for k, v in self.known[key].items() if k != "lm"}
+            self.manifest.entries[key] = m
+        self._seed_pull_manifest(key, m)
+
+    def _log_outcome(self) -> None:
+        ctx = self.ctx
+        if self.kept:
+            log.warning(
+                "push %s -> %s: left %d object(s) as they are in storage: changed or deleted "
+                "there since the last sync while the local copy did not change (the next "
+                "pull brings the change here), e.g. '%s'",
+                ctx.local_dir,
+                ctx.where,
+                len(self.kept),
+                self.kept[0],
+            )
+        if self.preserved:
+            log.warning(
+                "push %s -> %s: %d file(s) changed both here and in storage: the stored "
+                "version was copied to %s before the local one replaced it, e.g. '%s'",
+                ctx.local_dir,
+                ctx.where,
+                len(self.preserved),
+                f"s3://{ctx.bucket}/{self.preserve_prefix}",
+                self.preserved[0],
+            )
+
     @staticmethod
-    def _unchanged(m: dict, e: _LocalEntry, remote: tuple[int, str]) -> bool:
-        if m.get("t") != e.kind or remote != (m.get("size"), m.get("etag")):
-            return False
-        if m.get("mtime_ns") != e.mtime_ns:
+    def _local_unchanged(m: dict, e: _LocalEntry) -> bool:
+        """Is the local entry still what the record ``m`` describes?"""
+        if m.get("t") != e.kind or m.get("mtime_ns") != e.mtime_ns:
             return False
         if e.kind == "f":
             return m.get("size") == e.size and m.get("mode") == e.mode
@@ -2667,14 +2867,72 @@ class _Pusher:
         return {META_MODE: _format_mode(mode), META_MTIME: _format_mtime(mtime)}
 
     def _check_head(self, item: _PushItem) -> _Done | None:
-        """Worker thread: a _Done if the remote object already holds this file, else None."""
+        """Worker thread: a _Done if the remote object already holds this file; else
+        (after preserving the stored version, if asked) a _Done meaning "upload it"."""
         if self.runner.cancel_event.is_set():
             raise _Interrupted()
-        done = self._same_by_metadata(item)
-        if done is None:
+        if item.head_first:
+            done = self._same_by_metadata(item)
+            if done is not None:
+                return done
             item.head_first = False
-            return _Done(item.key, None, False, -1)  # "upload it"
-        return done
+        if item.preserve and (item.linked is None or self._retargeted(item.key, item.linked)):
+            self._preserve_remote(item)
+        return _Done(item.key, None, False, -1)  # "upload it"
+
+    def _retargeted(self, key: str, known: dict) -> bool:
+        """Does the stored symlink ``key`` point elsewhere than ``known`` recorded?"""
+        ctx = self.ctx
+        try:
+            head = ctx.s3.head_object(Bucket=ctx.bucket, Key=key)
+        except ClientError as exc:
+            if (exc.response.get("Error") or {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False  # gone: nothing left to keep
+            raise
+        stored = (head.get("Metadata") or {}).get(META_SYMLINK)
+        return stored is None or _decode_target(stored) != known.get("target")
+
+    def _preserve_remote(self, item: _PushItem) -> None:
+        """Worker thread: copy the stored version of ``item`` (the one listed) into the
+        preserved area, so the other writer's version survives the upload."""
+        assert item.remote is not None
+        size, etag, _lm = item.remote
+        dest = f"{self.preserve_prefix}{item.rel}"
+        if len(dest.encode("utf-8")) > _MAX_KEY_BYTES:
+            raise _FileProblem(
+                "changed both here and in storage, and the path is too long for a preserved "
+                "copy of the stored version: not uploaded, the stored version stays"
+            )
+        # only the version the plan was made for (a newer one means someone is writing);
+        # without the condition if the server does not support it: the copy is then of
+        # the version the upload replaces, which is what must survive
+        for condition in ({"CopySourceIfMatch": f'"{etag}"'}, {}):
+            try:
+                self._copy_object(item.key, dest, size, condition)
+                break
+            except ClientError as exc:
+                code = (exc.response.get("Error") or {}).get("Code")
+                if code in ("NoSuchKey", "404", "NotFound"):
+                    item.expect = None  # deleted since the listing: nothing to preserve
+                    return
+                refused = _condition_refused(exc)
+                if refused == "failed":
+                    raise _FileProblem(_changed_remotely(item.rel)) from None
+                if refused != "unsupported" or not condition:
+                    raise
+        with self._preserved_lock:
+            self.preserved.append(item.rel)
+
+    def _copy_object(self, key: str, dest: str, size: int, extra: dict[str, str]) -> None:
+        """Copy ``key`` to ``dest`` inside the bucket (server side), metadata included."""
+        ctx = self.ctx
+        source = {"Bucket": ctx.bucket, "Key": key}
+        if size > _MAX_COPY_BYTES:  # a multipart copy (s3transfer)
+            ctx.s3.copy(source, ctx.bucket, dest, ExtraArgs=extra)
+        else:
+            ctx.s3.copy_object(
+                Bucket=ctx.bucket, Key=dest, CopySource=source, MetadataDirective="COPY", **extra
+            )
 
     def _on_head_done(self, item: _PushItem, done: _Done | None) -> None:
         if done is not None and done.nbytes == -1:
@@ -2707,10 +2965,11 @@ class _Pusher:
             if not stat.S_ISLNK(st.st_mode):
                 raise _Changed(f"'{e.rel}' is no longer a symlink")
             e = dataclasses.replace(e, target=target, mtime_ns=st.st_mtime_ns)
-            job = _PutJob(-1, st, 1, None, target)
+            condition = self._condition(item)
+            job = _PutJob(-1, st, 1, None, target, bool(condition))
             return eng.put(
-                ctx.bucket, item.key, _meta_headers(self._metadata(e, st)), notify,
-                size=0, body=b"", context=job,
+                ctx.bucket, item.key, [*_meta_headers(self._metadata(e, st)), *condition],
+                notify, size=0, body=b"", context=job,
             )  # fmt: skip
         # directory marker
         if not stat.S_ISDIR(st.st_mode):
@@ -2741,7 +3000,8 @@ class _Pusher:
             if not stat.S_ISREG(st.st_mode):
                 raise _Changed(f"'{item.rel}' is no longer a regular file")
             size = st.st_size
-            headers = _meta_headers(self._metadata(item.local, st))
+            condition = self._condition(item)
+            headers = [*_meta_headers(self._metadata(item.local, st)), *condition]
             progress = _Progress(self.runner) if size >= MULTIPART_THRESHOLD else None
             source: dict[str, Any]
             if size <= IN_MEMORY_UPLOAD_LIMIT:
@@ -2760,7 +3020,7 @@ class _Pusher:
                 # stream from the file we opened (never re-resolve the path: it could be a
                 # symlink by now); the CRT reads /proc/self/fd/N, i.e. this very inode
                 source = {"send_filepath": f"{_PROC_FD}/{fd}"}
-            job = _PutJob(fd, st, attempt, progress, None)
+            job = _PutJob(fd, st, attempt, progress, None, bool(condition))
             return self.runner.engine.put(
                 ctx.bucket,
                 item.key,
@@ -2783,7 +3043,12 @@ class _Pusher:
             job.progress.settle()
         if e.kind != "f":
             if t.error is not None:
-                raise _Interrupted() if isinstance(t.error, CrtCancelled) else t.error
+                if isinstance(t.error, CrtCancelled):
+                    raise _Interrupted()
+                if job.conditional and _condition_refused(t.error):
+                    done = self._refused(item, t.error)
+                    return done if done is not None else self._start_put(item, notify)
+                raise t.error
             etag = _etag(t.headers.get("etag"))
             return _Done(item.key, _entry_from_stat(e.kind, 0, etag, job.st, job.target), True, 0)
         changed = False
@@ -2804,11 +3069,17 @@ class _Pusher:
                 job.fd = -1
         if t.error is not None and isinstance(t.error, CrtCancelled):
             raise _Interrupted()
+        if t.error is not None and job.conditional and _condition_refused(t.error):
+            done = self._refused(item, t.error)
+            return done if done is not None else self._start_put_file(item, notify, job.attempt)
         if changed:
             # a file modified mid-upload can make the server reject the body (e.g. a
             # Content-MD5 mismatch): report that, not the symptom
             if job.attempt >= _CHANGE_ATTEMPTS or self.runner.cancel_event.is_set():
                 raise _Changed(f"'{item.rel}' changed while it was being uploaded")
+            if t.error is None and item.expect is not None:
+                # stored anyway: the next attempt replaces our own upload
+                item.expect = _etag(t.headers.get("etag")) or None
             return self._start_put_file(item, notify, job.attempt + 1)
         if t.error is not None:
             raise t.error
@@ -2825,6 +3096,36 @@ class _Pusher:
             etag = _etag(head.get("ETag"))
         entry = _entry_from_stat("f", size, etag, job.st, None)
         return _Done(item.key, entry, True, size)
+
+    def _condition(self, item: _PushItem) -> list[tuple[str, str]]:
+        """Headers that make the upload replace only the version the plan was made for
+        (a write by someone else since the listing makes it fail instead)."""
+        if not self.conditional or item.expect is None:
+            return []
+        if item.expect == "*":
+            return [("If-None-Match", "*")]
+        return [("If-Match", f'"{item.expect}"')]
+
+    def _refused(self, item: _PushItem, error: BaseException) -> _Done | None:
+        """A conditional upload failed with ``error``: None to send it again without
+        conditions (the server does not implement them), a _Done if the object turns
+        out to hold this very file already (a retried request that had succeeded);
+        otherwise the file fails, the stored version untouched."""
+        if _condition_refused(error) == "unsupported":
+            if self.conditional:
+                self.conditional = False
+                log.warning(
+                    "push %s -> %s: %s does not support conditional uploads; uploading "
+                    "without them (a write by someone else during this push can be lost)",
+                    self.ctx.local_dir,
+                    self.ctx.where,
+                    self.ctx.endpoint,
+                )
+            return None
+        done = self._same_by_metadata(item)
+        if done is not None:
+            return done
+        raise _FileProblem(_changed_remotely(item.rel))
 
     def _same_by_metadata(self, item: _PushItem) -> _Done | None:
         """No manifest entry: does the remote object already hold this file?"""
@@ -2858,6 +3159,14 @@ class _Pusher:
 
     # -- delete -------------------------------------------------------------
 
+    def _link_kept(self, key: str, known: dict) -> bool:
+        """A symlink deleted here: keep its object if someone gave it a new target."""
+        try:
+            return self._retargeted(key, known)
+        except Exception as exc:
+            self.runner.record_error(key[len(self.ctx.kp) :], exc)
+            return True
+
     def _delete_remote(self, listing: dict[str, tuple[int, str, str]], wanted: dict) -> None:
         ctx, runner = self.ctx, self.runner
         if runner.failures:
@@ -2872,14 +3181,19 @@ class _Pusher:
         for key in sorted(listing):
             if key in wanted or key in self.protected:
                 continue
-            if self.known_etags.get(key) != listing[key][1]:
+            known = self.known.get(key)
+            if known is None or not _same_version(known, listing[key]):
                 # New or changed in storage since this directory last synced with it:
                 # someone else's data, not a deletion made here. Keep it.
                 continue
             rel = key[len(ctx.kp) :]
             if not rel or _is_excluded(rel.rstrip("/"), self.excludes):
                 continue
+            if known.get("t") == "l" and self._link_kept(key, known):
+                continue
             doomed.append(key)
+        if runner.failures:
+            return  # a stored symlink could not be checked: delete nothing this time
         for i in range(0, len(doomed), _DELETE_BATCH):
             if runner.stopping or runner.poll_stop():
                 return
