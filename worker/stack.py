@@ -1,9 +1,9 @@
 """The embedded platform on one machine: Temporal dev server (SQLite), SeaweedFS S3, the
 control-plane worker, one host agent and the REST API, each its own process.
 
-``ainb-stack`` (or ``python -m worker.stack``) brings it up and prints where each part is;
-Ctrl-C stops everything. Tests use :class:`Stack` to run the same processes on free ports
-and to kill and restart them.
+``ainb-stack`` (or ``python -m worker.stack``) brings it up, prints where each part is and
+restarts a part that exits (:mod:`worker.supervisor`); Ctrl-C stops everything. Tests use
+:class:`Stack` to run the same processes on free ports and to kill and restart them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import httpx
 
 from domain import search_attributes as sa
 from domain.access import new_admin_token
+from worker.supervisor import stop_on_sigterm, supervise
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -212,7 +213,7 @@ class Stack:
     def _spawn(
         self, name: str, argv: list[str], env: dict[str, str] | None = None
     ) -> subprocess.Popen:
-        log = open(self.data_dir / "logs" / f"{name}.log", "ab")
+        log = open(self.log_path(name), "ab")
         proc = subprocess.Popen(
             argv,
             cwd=ROOT,
@@ -371,8 +372,17 @@ class Stack:
         if self.procs[name].poll() is not None:
             raise RuntimeError(f"{name} exited at start:\n{self._log(name)()}")
 
+    def log_path(self, name: str) -> Path:
+        return self.data_dir / "logs" / f"{name}.log"
+
+    def start_part(self, name: str) -> None:
+        """Start one part (again) on the same ports, data and config; wait until ready."""
+        if name.removeprefix("host-") in self.sim_hosts:
+            return self.start_sim_host(name.removeprefix("host-"))
+        getattr(self, "start_" + name.replace("-", "_"))()
+
     def _log(self, name: str):
-        path = self.data_dir / "logs" / f"{name}.log"
+        path = self.log_path(name)
         return lambda: path.read_text(errors="replace")[-4000:] if path.exists() else "(see above)"
 
     def kill(self, name: str, sig: int = signal.SIGKILL, grace_s: float = 30) -> None:
@@ -491,10 +501,12 @@ def _wait_for(check, timeout: float, what: str, log) -> None:
 def run_component(stack: Stack, component: str) -> None:
     """Run one part until it exits or this process is told to stop."""
     stack.write_config()
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    stop_on_sigterm()
     try:
-        getattr(stack, "start_" + component.replace("-", "_"))()
+        stack.start_part(component)
         print(f"ainb {component} is up", flush=True)
+        # Not supervised: the container runtime restarts the container (`restart:` in
+        # compose) and counts restarts; doing it here would hide the crash from it.
         sys.exit(stack.procs[component].wait())
     except KeyboardInterrupt:
         stack.stop()
@@ -506,17 +518,27 @@ def main() -> None:
         "--data-dir", type=Path, default=Path(os.environ.get("AINB_DATA_DIR", ".ainb"))
     )
     parser.add_argument("--runtime", choices=["auto", "docker", "local"], default="auto")
-    parser.add_argument("--api-port", type=int, default=8000)
+    parser.add_argument("--api-port", type=int, help="the REST API's port (default 8000)")
+    parser.add_argument(
+        "--ports",
+        choices=["default", "random"],
+        default="default",
+        help="default: the fixed ports printed at start (Temporal 7233, S3 8333...); random: "
+        "free loopback ports for every part, for several stacks on one machine (tests); "
+        "--api-port still applies. Not with --component, whose parts must agree on ports",
+    )
     parser.add_argument(
         "--component",
         choices=["temporal", "s3", "control-worker", "host-agent", "api"],
         help="run only this part in the foreground (one per container in docker-compose.yml)",
     )
     args = parser.parse_args()
+    if args.component and args.ports == "random":
+        parser.error("--ports random: the parts run with --component must agree on ports")
+    ports = Ports.random() if args.ports == "random" else Ports()
+    ports.api = args.api_port or ports.api
     if args.component:
-        stack = Stack(
-            args.data_dir, Ports(api=args.api_port), runtime=args.runtime, log_to_stdout=True
-        )
+        stack = Stack(args.data_dir, ports, runtime=args.runtime, log_to_stdout=True)
         run_component(stack, args.component)
         return
 
@@ -532,16 +554,8 @@ def main() -> None:
                 "`scripts/up --runtime local` for single-user development without isolation."
             )
         runtime = "docker"
-    stack = Stack(args.data_dir, Ports(api=args.api_port), runtime=runtime)
-    stopping = False
-
-    def on_signal(*_: object) -> None:
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
+    stack = Stack(args.data_dir, ports, runtime=runtime)
+    stop_on_sigterm()
     try:
         stack.start()
         from cli.config import install_embedded
@@ -570,15 +584,10 @@ ainb is up (data in {stack.data_dir})
   host agent      host '{stack.host_name}', runtime: {runtime_note}
                   (registered: {stack.api_url}/v1/hosts)
   logs            {stack.data_dir / "logs"}
-Ctrl-C stops everything.""",
+A part that exits is started again, with backoff; Ctrl-C stops everything.""",
             flush=True,
         )
-        while True:
-            for name, proc in list(stack.procs.items()):
-                if proc.poll() is not None:
-                    print(f"{name} exited with code {proc.returncode}; see its log", flush=True)
-                    stack.procs.pop(name)
-            time.sleep(1)
+        supervise(stack)  # returns only by KeyboardInterrupt (Ctrl-C, SIGTERM)
     except KeyboardInterrupt:
         print("\nstopping ainb...", flush=True)
     except RuntimeError as err:
