@@ -41,8 +41,14 @@ class ControlActivities:
     @activity.defn(name=A.DELETE_WORKSPACE)
     async def delete_workspace(self, inp: DeleteWorkspaceInput) -> int:
         run = functools.partial(sync.delete_prefix, self._s3.platform(), inp.bucket, inp.prefix)
+        future = asyncio.get_running_loop().run_in_executor(None, run)
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, run)
+            # Heartbeats: a control worker killed mid-delete is noticed in seconds, not at
+            # the activity's timeout (the delete is idempotent: a retry finishes it).
+            while not future.done():
+                activity.heartbeat()
+                await asyncio.wait({future}, timeout=2)
+            return future.result()
         except StorageError as err:
             if err.code == "NoSuchBucket":
                 return 0  # nothing was ever saved

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -41,6 +41,7 @@ from activities.storage.errors import (
     StorageUnavailableError,
     SyncCancelled,
 )
+from activities.storage.measure import measure_tree, real_dir_below
 from activities.storage.volume_cache import VolumeCache
 from domain import activity_names as A
 from domain import codes
@@ -334,27 +335,55 @@ class HostActivities:
             f"{fill.files_skipped} already cached",
         )
 
+    async def _unsaved_if_permanent(self, err: ApplicationError, local: Path) -> NoReturn:
+        """A push that retries cannot fix says where its data stays, and how much."""
+        if err.type != codes.DATA_SYNC_FAILED:
+            raise err
+        files, size = await self._blocking(measure_tree, local)
+        raise ApplicationError(
+            err.message,
+            {"path": str(local), "files": files, "bytes": size},
+            type=err.type,
+            non_retryable=True,
+        ) from err
+
     @activity.defn(name=A.PUSH_VOLUME)
     async def push_volume(self, inp: VolumeSyncInput) -> SyncResult:
         what = self._describe(inp)
-        self._allowed(inp, what)
-        s3 = self._volume_client(inp.volume.alias, what)
-        local = self.paths(inp.ref.notebook_id).volume(inp.index)
-        if not local.is_dir():
+        paths = self.paths(inp.ref.notebook_id)
+        local: Path | None = paths.volume(inp.index)
+        prefix = inp.volume.prefix
+        if inp.preserved:
+            what = f"preserved files of {what}"
+            # Below /workspace, written by the notebook: no symlink may lead the push away.
+            local = real_dir_below(paths.workspace, f"{PRESERVED_DIR}/{inp.volume.relative_mount}")
+            prefix = "/".join(
+                p for p in (prefix.strip("/"), PRESERVED_DIR, inp.ref.notebook_id) if p
+            )
+        try:
+            self._allowed(inp, what)
+            s3 = self._volume_client(inp.volume.alias, what)
+        except ApplicationError as err:
+            await self._unsaved_if_permanent(err, local or paths.volume(inp.index))
+        if local is None or not local.is_dir():
             # Already pushed and cleaned up by an earlier attempt: nothing left to lose.
             return SyncResult(progress=SyncProgress(direction="push", state=SyncState.DONE))
-        return await self._sync(
-            "push",
-            what,
-            functools.partial(
-                sync.push,
-                s3,
-                local,
-                inp.volume.bucket,
-                inp.volume.prefix,
-                delete=inp.volume.permission == Permission.RWD,
-            ),
-        )
+        try:
+            return await self._sync(
+                "push",
+                what,
+                functools.partial(
+                    sync.push,
+                    s3,
+                    local,
+                    inp.volume.bucket,
+                    prefix,
+                    delete=inp.volume.permission == Permission.RWD
+                    and not (inp.keep_remote or inp.preserved),
+                ),
+            )
+        except ApplicationError as err:
+            await self._unsaved_if_permanent(err, local)
 
     @activity.defn(name=A.RESTORE_WORKSPACE)
     async def restore_workspace(self, inp: WorkspaceSyncInput) -> SyncResult:
@@ -384,19 +413,22 @@ class HostActivities:
                 f"workspace: the platform bucket {inp.bucket} cannot be reached: {err}",
                 type=codes.STORAGE_UNAVAILABLE,
             ) from err
-        return await self._sync(
-            "push",
-            "workspace",
-            functools.partial(
-                sync.push,
-                s3,
-                local,
-                inp.bucket,
-                inp.prefix,
-                delete=inp.mirror,
-                exclude=inp.exclude,
-            ),
-        )
+        try:
+            return await self._sync(
+                "push",
+                "workspace",
+                functools.partial(
+                    sync.push,
+                    s3,
+                    local,
+                    inp.bucket,
+                    inp.prefix,
+                    delete=inp.mirror,
+                    exclude=inp.exclude,
+                ),
+            )
+        except ApplicationError as err:
+            await self._unsaved_if_permanent(err, local)
 
     @activity.defn(name=A.REMOVE_LOCAL_DATA)
     async def remove_local_data(self, ref: NotebookRef) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -50,6 +50,8 @@ from domain.status import (
     initial_notebook,
 )
 from domain.tokens import editor_token, link_token
+from worker import revival
+from worker.revival import CLOSED_FROM_OUTSIDE
 
 WORKFLOW_TYPE = "Notebook"
 RPC_TIMEOUT = timedelta(seconds=15)
@@ -116,11 +118,26 @@ class NotebookService:
         """The notebook as its workflow knows it, nothing added: what the gateway routes by."""
         handle = self._handle(project, notebook_id)
         try:
-            notebook = await handle.query("get", result_type=Notebook, rpc_timeout=QUERY_TIMEOUT)
+            notebook = await self._read(handle)
         except RPCError as err:
             raise self._rpc_error(err, project, notebook_id) from err
         if notebook.status.state == NotebookState.DELETED:
             raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
+        return notebook
+
+    async def _read(self, handle) -> Notebook:
+        """The workflow's answer to ``get``, unless the workflow is closed: a closed
+        workflow still answers queries (by replaying its history, which may end RUNNING),
+        so whether it lives is told by its description, asked at the same time."""
+        desc, notebook = await asyncio.gather(
+            handle.describe(rpc_timeout=QUERY_TIMEOUT),
+            handle.query("get", result_type=Notebook, rpc_timeout=QUERY_TIMEOUT),
+            return_exceptions=True,
+        )
+        if isinstance(notebook, BaseException):
+            raise notebook
+        if isinstance(desc, WorkflowExecutionDescription) and desc.status in CLOSED_FROM_OUTSIDE:
+            return _closed_view(notebook, desc)
         return notebook
 
     def _handle(self, project: str, notebook_id: str):
@@ -178,7 +195,7 @@ class NotebookService:
     ) -> Notebook:
         handle = self._handle(project, notebook_id)
         try:
-            notebook = await handle.query("get", result_type=Notebook, rpc_timeout=QUERY_TIMEOUT)
+            notebook = await self._read(handle)
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise self._rpc_error(err, project, notebook_id) from err
@@ -305,6 +322,19 @@ class NotebookService:
     async def _update(
         self, project: str, notebook_id: str, name: str, arg: Issued, caller: Principal | None
     ) -> Notebook:
+        try:
+            return await self._update_once(project, notebook_id, name, arg, caller)
+        except ApiError as err:
+            if err.status != 404:
+                raise
+            # A workflow closed from outside: a new run takes over, then it takes the command.
+            if not await revival.take_over(self._client, project, notebook_id):
+                raise
+        return await self._update_once(project, notebook_id, name, arg, caller)
+
+    async def _update_once(
+        self, project: str, notebook_id: str, name: str, arg: Issued, caller: Principal | None
+    ) -> Notebook:
         handle = self._handle(project, notebook_id)
         if caller is not None:
             arg = arg.model_copy(update={"by": caller.actor, "reach": dict(caller.selector)})
@@ -385,10 +415,10 @@ class NotebookService:
         notebook_id: str,
         keep_workspace: bool,
         caller: Principal | None = None,
+        force: bool = False,
     ) -> Notebook:
-        return await self._update(
-            project, notebook_id, "delete", DeleteRequest(keep_workspace=keep_workspace), caller
-        )
+        req = DeleteRequest(keep_workspace=keep_workspace, force=force)
+        return await self._update(project, notebook_id, "delete", req, caller)
 
     @staticmethod
     def _rpc_error(err: RPCError, project: str, notebook_id: str) -> ApiError:
@@ -403,6 +433,28 @@ class NotebookService:
                 503, f"the control plane did not answer in time ({err.message}); try again"
             )
         return ApiError(502, f"the control plane refused the request: {err.message}")
+
+
+def _closed_view(notebook: Notebook, desc: WorkflowExecutionDescription) -> Notebook:
+    """A notebook whose workflow was closed from outside, until a run takes it over
+    (within a reconcile interval; any command does it at once): not served, not RUNNING."""
+    if notebook.status.state == NotebookState.DELETED:
+        return notebook
+    how = desc.status.name.lower().replace("_", " ") if desc.status else "closed"
+    when = desc.close_time.isoformat(timespec="seconds") if desc.close_time else "?"
+    status = notebook.status.model_copy(
+        update={
+            "state": NotebookState.ERROR,
+            "endpoint": None,
+            "info": Info(
+                code=codes.WORKFLOW_CLOSED,
+                message=f"its workflow was {how} from outside the platform at {when} while "
+                f"it was {notebook.status.state.value}; the platform is saving and removing "
+                "what it left running. Start or delete it",
+            ),
+        }
+    )
+    return notebook.model_copy(update={"status": status})
 
 
 def _reached(caller: Principal | None, notebook: Notebook) -> bool:

@@ -7,6 +7,11 @@ EXITED = "EXITED"  # the editor exited 0
 STOPPED_BY_USER = "STOPPED_BY_USER"
 TIMEOUT = "TIMEOUT"
 HOST_LOST = "HOST_LOST"
+# Its workflow was closed from outside the platform (terminated, timed out): the run was
+# saved and removed by the platform, and the notebook waits in ERROR for a start or delete.
+WORKFLOW_CLOSED = "WORKFLOW_CLOSED"
+# A push failed for a reason retries cannot fix: what could not be saved stays on the host.
+SYNC_FAILED = "SYNC_FAILED"
 
 
 def exit_code(code: int) -> str:

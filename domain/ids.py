@@ -23,6 +23,15 @@ def workflow_id(project: str, notebook_id: str) -> str:
     return f"notebook/{project}/{notebook_id}"
 
 
+def notebook_of(wid: str) -> tuple[str, str] | None:
+    """(project, notebook id) of a notebook's workflow id; None for any other id."""
+    kind, _, rest = wid.partition("/")
+    project, _, notebook_id = rest.partition("/")
+    if kind != "notebook" or not valid_project(project) or not valid_notebook_id(notebook_id):
+        return None
+    return project, notebook_id
+
+
 def container_name(notebook_id: str) -> str:
     return f"ainb-nb-{notebook_id}"
 

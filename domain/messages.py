@@ -84,6 +84,15 @@ def _check_notebook_id(value: str) -> str:
     return value
 
 
+class ClosedRun(BaseModel):
+    """How the notebook's previous workflow run ended when something outside the platform
+    closed it (the Web UI's Terminate, a run timeout): the next run starts from that run's
+    last state and saves and removes what it left running."""
+
+    status: str  # TERMINATED, TIMED_OUT, FAILED or CANCELED
+    closed_at: datetime
+
+
 class _Ids(BaseModel):
     """Ids become paths, container names and S3 keys: checked wherever a workflow or an
     activity takes them in, not only at the API (valid ids, as every stored one is, pass)."""
@@ -114,6 +123,8 @@ class NotebookInput(_Ids):
     created_by: Actor | None = None
     # Carried over by continue-as-new; None for a new notebook (which starts at once).
     carry: Carry | None = None
+    # Set only on the run that takes over from a run closed from outside (worker/revival.py).
+    closed: ClosedRun | None = None
 
 
 class Issued(BaseModel):
@@ -137,6 +148,8 @@ class StopRequest(Issued):
 
 class DeleteRequest(Issued):
     keep_workspace: bool = False
+    # Drop what could not be saved (status.left_on_host) instead of failing the delete.
+    force: bool = False
 
 
 class RotateTokenRequest(Issued):
@@ -196,6 +209,13 @@ class VolumeSyncInput(BaseModel):
     ref: NotebookRef
     index: int
     volume: Volume
+    # A push that deletes nothing remote, even for rwd: what a lost host or a failed push
+    # left behind is added to storage, never mirrored over what others wrote since.
+    keep_remote: bool = False
+    # Push the volume's preserved files (/workspace/.ainb-preserved/<mount>) to the
+    # volume's own storage, under .ainb-preserved/<notebook id>/: a delete that drops the
+    # workspace must not drop the local versions a pull set aside.
+    preserved: bool = False
 
 
 class WorkspaceSyncInput(BaseModel):

@@ -94,6 +94,28 @@ class WorkspaceStatus(BaseModel):
     next_checkpoint_at: datetime | None = None
 
 
+class UnsavedItem(BaseModel):
+    """One tree a push could not save, for a reason retries cannot fix."""
+
+    target: str  # "workspace" or a volume's mount path
+    path: str | None = None  # where it is on the host
+    files: int | None = None
+    bytes: int | None = None
+    error: str = ""
+
+
+class HostData(BaseModel):
+    """The notebook's data left on a host and not known to be in object storage: a push
+    that failed for good (its items say what), or a host lost mid-run (nothing is known
+    of what it holds). It is pushed before the notebook starts again, by a datasync push,
+    or by a delete; only ``DELETE ?force=true`` drops it."""
+
+    host: str
+    reason: str
+    since: datetime
+    items: list[UnsavedItem] = Field(default_factory=list)
+
+
 class NotebookStatus(BaseModel):
     state: NotebookState
     info: Info = Field(default_factory=Info)
@@ -119,6 +141,8 @@ class NotebookStatus(BaseModel):
     # The notebook's link token is derived from this; a rotation bumps it, and every link
     # and gateway session of an older generation stops working.
     token_generation: int = 0
+    # Data left on a host that is not (known to be) in object storage; see HostData.
+    left_on_host: HostData | None = None
 
 
 class Notebook(BaseModel):

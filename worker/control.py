@@ -14,6 +14,7 @@ from activities.control import ControlActivities
 from activities.fleet import FleetActivities
 from domain.config import Settings
 from domain.ids import CONTROL_TASK_QUEUE
+from worker import revival
 from worker.connect import connect
 from worker.run import run_until_signalled, setup_logging
 from workflows.fleet import FLEET_WORKFLOW_ID, FleetWorkflow
@@ -47,6 +48,19 @@ async def ensure_fleet(client: Client, settings: Settings) -> None:
     await handle.execute_update(FleetWorkflow.configure, settings.fleet_input())
 
 
+async def sweep_closed(client: Client, settings: Settings) -> None:
+    """Take over notebooks whose workflow was closed from outside, now and then (the host
+    agents do it at once for those whose container they find)."""
+    while True:
+        try:
+            taken = await revival.sweep(client)
+            if taken:
+                log.warning("took over %d notebook(s) closed from outside", taken)
+        except Exception:
+            log.exception("sweep of closed notebooks failed; trying again later")
+        await asyncio.sleep(settings.reconcile_interval_s)
+
+
 async def amain() -> None:
     settings = Settings.load()
     settings.require_token_secret()
@@ -57,7 +71,11 @@ async def amain() -> None:
     configured.add_done_callback(
         lambda t: t.exception() and log.error("fleet not configured: %s", t.exception())
     )
-    await run_until_signalled(worker, "control worker")
+    sweeper = asyncio.create_task(sweep_closed(client, settings))
+    try:
+        await run_until_signalled(worker, "control worker")
+    finally:
+        sweeper.cancel()
 
 
 def main() -> None:

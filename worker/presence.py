@@ -10,8 +10,8 @@ import shutil
 import subprocess
 from datetime import timedelta
 
-from temporalio.client import Client, WorkflowQueryRejectedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
+from temporalio.service import RPCError
 
 from activities.runtime.base import ContainerRuntime
 from domain.config import Settings
@@ -19,6 +19,7 @@ from domain.fleet import HostInventory
 from domain.ids import host_task_queue, workflow_id
 from domain.states import NotebookState
 from domain.status import Notebook
+from worker import revival
 from workflows.fleet import FLEET_WORKFLOW_ID, FleetWorkflow
 
 log = logging.getLogger("ainb.presence")
@@ -151,16 +152,27 @@ class Presence:
         return kept, removed
 
     async def _meant_here(self, project: str, notebook_id: str) -> bool | None:
-        """True/False, or None when it cannot be known now (then nothing is removed)."""
+        """True/False, or None when it cannot be known now (then nothing is removed).
+
+        Decided by the workflow's execution status, not by a query: a closed workflow
+        answers queries by replaying its history, so a terminated notebook would look
+        RUNNING forever. A run closed from outside is taken over (worker/revival.py): the
+        new run stops this container through the usual teardown, after saving its data."""
         if not project:
             return None
-        handle = self._client.get_workflow_handle(workflow_id(project, notebook_id))
+        wid = workflow_id(project, notebook_id)
+        state, _ = await revival.liveness(self._client, wid)
+        if state == revival.Liveness.CLOSED:
+            await revival.take_over(self._client, project, notebook_id)
+            return None
+        if state in (revival.Liveness.DELETED, revival.Liveness.MISSING):
+            return False
+        if state == revival.Liveness.UNKNOWN:
+            return None
         try:
-            nb = await handle.query("get", result_type=Notebook, rpc_timeout=timedelta(seconds=10))
-        except RPCError as err:
-            return False if err.status == RPCStatusCode.NOT_FOUND else None
-        except WorkflowQueryRejectedError:
-            return False  # the workflow is closed: DELETED
+            nb = await self._client.get_workflow_handle(wid).query(
+                "get", result_type=Notebook, rpc_timeout=timedelta(seconds=10)
+            )
         except Exception:
             return None
         return nb.status.state in _MEANT_TO_RUN and nb.status.host == self._settings.host_name

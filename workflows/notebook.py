@@ -28,10 +28,11 @@ with workflow.unsafe.imports_passed_through():
     from domain.access import reaches
     from domain.fleet import Allocation, CapacityRequest, Decision
     from domain.gateway import ready_path
-    from domain.ids import CONTROL_TASK_QUEUE
+    from domain.ids import CONTROL_TASK_QUEUE, host_task_queue
     from domain.messages import (
         BillingState,
         Carry,
+        ClosedRun,
         DataSyncCommand,
         DataSyncRequest,
         DeleteRequest,
@@ -69,12 +70,15 @@ with workflow.unsafe.imports_passed_through():
     from domain.status import (
         SYNC_COUNTERS,
         DataSync,
+        HostData,
         Info,
         Notebook,
         SyncProgress,
         SyncState,
+        UnsavedItem,
         initial_status,
     )
+    from workflows import patches
 
 S = NotebookState
 WAIT = workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
@@ -92,10 +96,47 @@ class _HostLost(Exception):
 
 
 class _ActivityFailed(Exception):
-    def __init__(self, state: NotebookState, info: Info) -> None:
+    def __init__(self, state: NotebookState, info: Info, details: dict | None = None) -> None:
         super().__init__(info.message)
         self.state = state
         self.info = info
+        self.details = details or {}
+
+
+def _failure_details(err: BaseException) -> dict:
+    """The first dict an ApplicationError carries (a push says what it left behind)."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return next((d for d in cause.details if isinstance(d, dict)), {})
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    return {}
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "size unknown"
+    if n < 1024:
+        return f"{n} bytes"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+def describe_left(left: HostData) -> str:
+    """What a notebook left on a host, in words: the API's messages and the delete's answer."""
+    if not left.items:
+        return f"whatever the run lost with host {left.host} holds (unknown)"
+    parts = [
+        f"{i.target} ({i.files if i.files is not None else '?'} files, {_size(i.bytes)}"
+        + (f", at {i.path}" if i.path else "")
+        + ")"
+        for i in left.items
+    ]
+    return f"on host {left.host}: " + "; ".join(parts)
 
 
 async def _cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
@@ -129,8 +170,18 @@ def _failure_info(err: BaseException, default_code: str) -> Info:
 class NotebookWorkflow:
     @workflow.init
     def __init__(self, inp: NotebookInput) -> None:
+        # A run taking over from one closed from outside; never carried further.
+        self._closed: ClosedRun | None = inp.closed
+        if inp.closed is not None:
+            inp = inp.model_copy(update={"closed": None})
         self._inp = inp
         self._ref = NotebookRef(project=inp.project, notebook_id=inp.notebook_id)
+        # Set in run(): whether this run keeps unsaved data (patches.KEEP_UNSAVED_DATA).
+        self._keeps_data = False
+        self._stop_wins = False  # patches.STOP_WINS_RACES
+        self._force_delete = False
+        self._retry_save = False  # a datasync push of a SYNC_FAILED notebook asked for it
+        self._dropped = ""  # what a forced delete dropped
         carry = inp.carry
         self._status = carry.status if carry else initial_status(inp)
         self._updated_at = carry.updated_at if carry else inp.created_at
@@ -152,11 +203,18 @@ class NotebookWorkflow:
         self._capacity_held = carry.capacity_held if carry else False
         self._allocation: Allocation | None = carry.allocation if carry else None
         self._grant: Allocation | None = None
+        if self._closed is not None:
+            self._take_over(self._closed)
 
     # ---------------------------------------------------------------- main loop
 
     @workflow.run
     async def run(self, inp: NotebookInput) -> Notebook:
+        self._keeps_data = workflow.patched(patches.KEEP_UNSAVED_DATA)
+        self._stop_wins = workflow.patched(patches.STOP_WINS_RACES)
+        if self._closed is not None:
+            # Search attributes and details say what __init__ decided (or a handler since).
+            self._transition(self._status.state, self._status.info)
         while True:
             await self._flush_usage()
             state = self._status.state
@@ -182,6 +240,40 @@ class NotebookWorkflow:
                     if self._status.state in IDLE_STATES:
                         workflow.continue_as_new(self._carry_over())
 
+    def _take_over(self, closed: ClosedRun) -> None:
+        """Take over from a run closed from outside (see worker/revival.py): bill it up to
+        when it closed, stop serving it, and save and remove what it left running; the
+        notebook then waits in ERROR WORKFLOW_CLOSED for a start or a delete. Called from
+        __init__, before any update handler sees the state (a DELETE that revived the
+        notebook is applied to this state, not to the closed run's)."""
+        how = closed.status.lower().replace("_", " ")
+        prior = self._status.state
+        said = (
+            f"its workflow was {how} from outside the platform at "
+            f"{closed.closed_at.isoformat(timespec='seconds')} while it was {prior.value}"
+        )
+        self._bill_until(closed.closed_at, final=True)
+        self._status.endpoint = None  # the gateway stops serving it now
+        self._updated_at = closed.closed_at
+        if prior in IDLE_STATES:
+            if self._status.info.code != codes.SYNC_FAILED:  # keep what that one says
+                self._status.state = S.ERROR
+                self._status.info = Info(
+                    code=codes.WORKFLOW_CLOSED, message=f"{said}; start or delete it"
+                )
+            return
+        self._outcome = (
+            S.ERROR,
+            Info(
+                code=codes.WORKFLOW_CLOSED,
+                message=f"{said}; what it left running was saved and removed: start or delete it",
+            ),
+        )
+        self._status.state = S.STOPPING
+        self._status.info = Info(
+            code=codes.WORKFLOW_CLOSED, message=f"{said}; saving and removing what it left"
+        )
+
     async def _run_phase(self, coro: Any) -> None:
         """Run a phase as a task that a stop or delete may cancel."""
         self._phase = asyncio.create_task(coro)
@@ -205,6 +297,11 @@ class NotebookWorkflow:
         self._run = RunSettings(timeout_s=spec.timeout, auto_restart=spec.timeout_auto_restart)
         self._status.endpoint = None
         self._status.container = None
+        if self._keeps_data and self._status.left_on_host is not None:
+            # Before anything else can reuse or remove that host's directory.
+            if await self._save_left_data(deleting=False) == "failed":
+                self._sync_failed("failed", deleting=False)
+                return
         try:
             await self._start_sequence()
         except _HostLost:
@@ -425,6 +522,8 @@ class NotebookWorkflow:
             planned = now + interval
             try:
                 result = await self._watch(interval)
+                if self._left_running():
+                    return
             except _ActivityFailed as failed:
                 # Ours, not the user's: tear down and say so rather than fail the workflow.
                 self._outcome = (S.ERROR, failed.info)
@@ -441,10 +540,20 @@ class NotebookWorkflow:
             self._bill_until(workflow.now(), final=False)
             self._publish_details()
             await self._flush_usage()
+            if self._left_running():
+                return
             rest = planned - workflow.now()
             if rest > timedelta(0):
                 await workflow.sleep(rest)
+            if self._left_running():
+                return
             await self._maybe_continue_as_new()
+
+    def _left_running(self) -> bool:
+        """A stop or delete whose cancel of this phase was lost: an activity the phase
+        awaited completed in the same workflow task, and Temporal's SDK gave the phase
+        the result instead of the cancel. The phase ends here rather than watch on."""
+        return self._stop_wins and self._status.state != S.RUNNING
 
     async def _watch(self, interval: timedelta) -> WatchResult | None:
         """One watch of the container; None when the host is lost."""
@@ -548,13 +657,20 @@ class NotebookWorkflow:
         """Write decided records to the ledger, in order; a retried write is a no-op."""
         b = self._billing
         while b.pending:
-            await workflow.execute_activity(
-                A.RECORD_USAGE,
-                b.pending[0],
-                task_queue=CONTROL_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
-            )
+            try:
+                await workflow.execute_activity(
+                    A.RECORD_USAGE,
+                    b.pending[0],
+                    task_queue=CONTROL_TASK_QUEUE,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+                )
+            except ActivityError as err:
+                # A stop cancelled the RUNNING phase during the write: the record stays
+                # pending (the write is idempotent) and is written after the phase.
+                if self._stop_wins and isinstance(err.cause, CancelledError):
+                    raise asyncio.CancelledError() from err
+                raise
             b.pending.pop(0)
 
     def _history_is_long(self) -> bool:
@@ -571,8 +687,13 @@ class NotebookWorkflow:
             await workflow.wait_condition(workflow.all_handlers_finished)
             workflow.continue_as_new(self._carry_over())
 
+    def _deleting(self) -> bool:
+        return self._status.state == S.DELETING or self._delete_after_stop
+
     async def _teardown(self) -> None:
-        """The stop sequence: container gone, data pushed, local data removed (I2, I3)."""
+        """The stop sequence: container gone, data pushed, local data removed (I2, I3).
+        What a push could not save for good stays on the host, listed (SYNC_FAILED)."""
+        unsaved: list[UnsavedItem] = []
         if self._task_queue is not None:
             try:
                 stopped = await self._host_activity(
@@ -587,25 +708,48 @@ class NotebookWorkflow:
                     self._status.last_stopped_at = workflow.now()
                 # The container is gone: its capacity goes back at once, before the push (I5).
                 await self._release_capacity()
-                await self._push_data()
-                await self._host_activity(
-                    A.REMOVE_LOCAL_DATA,
-                    self._ref,
-                    result_type=None,
-                    start_to_close=timedelta(minutes=10),
-                    attempts=0,
-                    failure_code=codes.INTERNAL_ERROR,
-                )
+                unsaved = await self._push_data()
+                if unsaved:
+                    self._status.left_on_host = HostData(
+                        host=self._status.host or "",
+                        reason="a push failed for a reason retries cannot fix",
+                        since=workflow.now(),
+                        items=unsaved,
+                    )
+                if not self._left_here():
+                    await self._host_activity(
+                        A.REMOVE_LOCAL_DATA,
+                        self._ref,
+                        result_type=None,
+                        start_to_close=timedelta(minutes=10),
+                        attempts=0,
+                        failure_code=codes.INTERNAL_ERROR,
+                    )
             except _HostLost:
                 self._host_lost("the host stopped answering while the notebook was stopping")
-                if not self._delete_after_stop and self._status.state != S.DELETING:
+                if not self._deleting():
                     return
             self._status.container = None
             self._status.endpoint = None
             self._task_queue = None
         await self._release_capacity()  # queued, or never launched
 
-        if self._status.state == S.DELETING or self._delete_after_stop:
+        left = self._status.left_on_host if self._keeps_data else None
+        if self._deleting():
+            if left is not None and self._force_delete:
+                await self._drop_left_data(left)
+            elif left is not None:
+                # Unsaved data stops a delete: only ?force=true drops it.
+                result = "failed" if unsaved else await self._save_left_data(deleting=True)
+                if result == "unreachable" and not left.items:
+                    # What a lost host may hold is not known to be anything: its last
+                    # checkpoint is what remains (I2), and the delete goes on.
+                    self._dropped = f"what host {left.host}, lost, may still hold"
+                    self._status.left_on_host = None
+                elif result != "saved":
+                    self._delete_after_stop = False
+                    self._sync_failed(result, deleting=True)
+                    return
             self._transition(S.DELETING, Info(message="removing the notebook's data"))
             ws = self._status.workspace
             assert ws is not None
@@ -615,12 +759,26 @@ class NotebookWorkflow:
                     DeleteWorkspaceInput(ref=self._ref, bucket=ws.bucket, prefix=ws.prefix),
                     task_queue=CONTROL_TASK_QUEUE,
                     start_to_close_timeout=timedelta(minutes=30),
+                    heartbeat_timeout=timedelta(seconds=20),
                     retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
                 )
                 ws.saved = False
-            self._transition(S.DELETED, Info(message="deleted"))
+            self._transition(S.DELETED, self._deleted_info())
             return
 
+        if left is not None and (unsaved or self._retry_save or not left.items):
+            # This stop's own failure; a datasync push of a SYNC_FAILED notebook; or what
+            # a lost host held, which a start stopped early did not get to save.
+            self._retry_save = False
+            result = "failed" if unsaved else await self._save_left_data(deleting=False)
+            if result == "failed" or (result == "unreachable" and left.items):
+                self._sync_failed(result, deleting=False)
+                return
+            if result == "saved":
+                self._outcome = self._outcome or (
+                    S.STOPPED,
+                    Info(code=codes.STOPPED_BY_USER, message="the data left on the host was saved"),
+                )
         state, info = self._outcome or (S.STOPPED, Info(code=codes.STOPPED_BY_USER))
         self._transition(state, info)
         if self._restart_after_stop and state == S.STOPPED:
@@ -629,16 +787,47 @@ class NotebookWorkflow:
                 S.STARTING, Info(message="restarting after its timeout (auto-restart)")
             )
 
-    async def _push_data(self) -> None:
-        """Push what was fully pulled, retrying until storage takes it: a stop is never
-        reported done before the data is in object storage (I1, I2)."""
+    def _left_here(self) -> bool:
+        """Whether this host's directory holds data not in storage (it must stay)."""
+        left = self._status.left_on_host
+        return self._keeps_data and left is not None and left.host == self._status.host
+
+    def _deleted_info(self) -> Info:
+        return Info(message=f"deleted; dropped {self._dropped}" if self._dropped else "deleted")
+
+    def _sync_failed(self, result: str, *, deleting: bool) -> None:
+        left = self._status.left_on_host
+        assert left is not None
+        why = (
+            f"host {left.host}, which holds it, does not answer"
+            if result == "unreachable"
+            else "; ".join(f"{i.target}: {i.error}" for i in left.items if i.error) or left.reason
+        )
+        then = (
+            "the notebook was not deleted: DELETE ?force=true drops it"
+            if deleting
+            else "a start or a datasync push tries again; DELETE ?force=true drops it"
+        )
+        self._outcome = None
+        self._transition(
+            S.FAILED,
+            Info(
+                code=codes.SYNC_FAILED,
+                message=f"could not save {describe_left(left)}: {why}. It is kept on the "
+                f"host; {then}",
+            ),
+        )
+
+    async def _push_data(self) -> list[UnsavedItem]:
+        """Push what was fully pulled, retrying while storage is unreachable: a stop is
+        never reported done before the data is in object storage (I1, I2). Returns what
+        could not be saved for a reason retries cannot fix (kept on the host)."""
         if not self._container_launched:
-            return  # nothing ran, so nothing changed since the pull
-        deleting_for_good = (
-            self._status.state == S.DELETING or self._delete_after_stop
-        ) and not self._keep_workspace
+            return []  # nothing ran, so nothing changed since the pull
+        deleting_for_good = self._deleting() and not self._keep_workspace
         ws = self._status.workspace
         assert ws is not None
+        unsaved: list[UnsavedItem] = []
         # One at a time: each retries on its own until storage takes it.
         for index, volume in enumerate(self._inp.spec.volumes):
             status = self._status.volumes[index]
@@ -646,23 +835,59 @@ class NotebookWorkflow:
                 if status.repull:
                     # A pull while RUNNING did not finish: finish it (it keeps local
                     # changes) so a push cannot take missing files for deleted ones.
-                    await self._retry_forever(index, "pull")
+                    if item := await self._save(index, "pull"):
+                        unsaved.append(item)
+                        continue
                     status.repull = False
-                await self._retry_forever(index, "push")
+                if item := await self._save(index, "push"):
+                    unsaved.append(item)
+                elif deleting_for_good and self._keeps_data:
+                    if item := await self._save(index, "push", preserved=True):
+                        unsaved.append(item)
         if ws.restored and not deleting_for_good:
-            await self._retry_forever(None, "push")
+            if item := await self._save(None, "push"):
+                unsaved.append(item)
+        return unsaved
 
-    async def _retry_forever(self, index: int | None, direction: str) -> None:
+    async def _save(
+        self,
+        index: int | None,
+        direction: str,
+        *,
+        task_queue: str | None = None,
+        keep_remote: bool = False,
+        preserved: bool = False,
+    ) -> UnsavedItem | None:
+        """One sync, retried while storage is unreachable (SYNC_RETRYING); a failure
+        retries cannot fix is returned as what stays unsaved (this run keeps data), or
+        retried forever like any other (a run from before the patch)."""
         what = "workspace" if index is None else f"volume {self._target_name(index)}"
+        if preserved:
+            what = f"preserved files of {what}"
         verb = "saving" if direction == "push" else "pulling"
         delay = 1.0
         while True:
             try:
                 await self._sync_target(
-                    index, direction, attempts=3, failure_code=codes.STORAGE_UNAVAILABLE
+                    index,
+                    direction,
+                    attempts=3,
+                    failure_code=codes.STORAGE_UNAVAILABLE,
+                    task_queue=task_queue,
+                    keep_remote=keep_remote,
+                    preserved=preserved,
                 )
-                return
+                return None
             except _ActivityFailed as failed:
+                if self._keeps_data and failed.state == S.FAILED:
+                    d = failed.details
+                    return UnsavedItem(
+                        target=self._target_name(index),
+                        path=d.get("path"),
+                        files=d.get("files"),
+                        bytes=d.get("bytes"),
+                        error=failed.info.message,
+                    )
                 self._set_info(
                     Info(
                         code=codes.SYNC_RETRYING,
@@ -673,13 +898,99 @@ class NotebookWorkflow:
             await workflow.sleep(timedelta(seconds=delay))
             delay = min(delay * 2, self._inp.tuning.push_retry_max_interval_s)
 
+    async def _save_left_data(self, *, deleting: bool) -> str:
+        """Push what an earlier run left on a host (a lost host, a push that failed for
+        good), adding to storage without deleting anything there; then remove it.
+        "saved", "failed" (status.left_on_host lists what stays) or "unreachable" (the
+        host does not answer now; the data stays listed)."""
+        left = self._status.left_on_host
+        assert left is not None
+        queue = host_task_queue(left.host)
+        self._set_info(Info(message=f"saving the data an earlier run left on host {left.host}"))
+        volumes = self._inp.spec.volumes
+        if left.items:
+            names = {i.target for i in left.items}
+            targets: list[int | None] = [
+                i for i, v in enumerate(volumes) if v.mount_path in names and v.pushed
+            ]
+            if WORKSPACE in names:
+                targets.append(None)
+        else:
+            targets = [i for i, v in enumerate(volumes) if v.pushed]
+            targets.append(None)
+        if deleting and not self._keep_workspace:
+            targets = [t for t in targets if t is not None]
+        unsaved: list[UnsavedItem] = []
+        if not targets:
+            # Nothing there is worth keeping (a delete drops the workspace): only tidy up.
+            await self._drop_left_data(left)
+            self._dropped = ""
+            return "saved"
+        try:
+            for index in targets:
+                item = await self._save(index, "push", task_queue=queue, keep_remote=True)
+                if item is None and index is not None and deleting and not self._keep_workspace:
+                    item = await self._save(index, "push", task_queue=queue, preserved=True)
+                if item is not None:
+                    unsaved.append(item)
+            if not unsaved:
+                await self._host_activity(
+                    A.REMOVE_LOCAL_DATA,
+                    self._ref,
+                    result_type=None,
+                    start_to_close=timedelta(minutes=10),
+                    attempts=0,
+                    failure_code=codes.INTERNAL_ERROR,
+                    task_queue=queue,
+                )
+        except _HostLost:
+            self._set_info(
+                Info(
+                    message=f"host {left.host}, which holds data of an earlier run, does not "
+                    "answer: it is saved once the host is back"
+                )
+            )
+            return "unreachable"
+        if unsaved:
+            self._status.left_on_host = left.model_copy(
+                update={"items": unsaved, "since": workflow.now()}
+            )
+            return "failed"
+        self._status.left_on_host = None
+        return "saved"
+
+    async def _drop_left_data(self, left: HostData) -> None:
+        """DELETE ?force=true: remove what could not be saved, and say so."""
+        self._dropped = describe_left(left)
+        try:
+            await self._host_activity(
+                A.REMOVE_LOCAL_DATA,
+                self._ref,
+                result_type=None,
+                start_to_close=timedelta(minutes=10),
+                attempts=0,
+                failure_code=codes.INTERNAL_ERROR,
+                task_queue=host_task_queue(left.host),
+            )
+        except _HostLost:
+            self._dropped += f" (host {left.host} does not answer: its copy is not removed)"
+        self._status.left_on_host = None
+
     # ------------------------------------------------------------------- syncs
 
     def _target_name(self, index: int | None) -> str:
         return WORKSPACE if index is None else self._inp.spec.volumes[index].mount_path
 
     async def _sync_target(
-        self, index: int | None, direction: str, *, attempts: int, failure_code: str
+        self,
+        index: int | None,
+        direction: str,
+        *,
+        attempts: int,
+        failure_code: str,
+        task_queue: str | None = None,
+        keep_remote: bool = False,
+        preserved: bool = False,
     ) -> SyncProgress:
         """One sync of the workspace (index None) or a volume; its status shows it running
         (the API adds the live numbers from the activity's heartbeats), then its result."""
@@ -687,11 +998,14 @@ class NotebookWorkflow:
             holder: Any = self._status.workspace
             activity = A.SAVE_WORKSPACE if direction == "push" else A.RESTORE_WORKSPACE
             arg: Any = self._workspace_input()
+            if keep_remote:
+                arg.mirror = False
             key = WORKSPACE
         else:
             holder = self._status.volumes[index]
             activity = A.PUSH_VOLUME if direction == "push" else A.PULL_VOLUME
             arg = VolumeSyncInput(ref=self._ref, index=index, volume=self._inp.spec.volumes[index])
+            arg.keep_remote, arg.preserved = keep_remote, preserved
             key = f"volume-{index}"
         running = SyncProgress(
             direction=direction, state=SyncState.RUNNING, started_at=workflow.now()
@@ -706,6 +1020,7 @@ class NotebookWorkflow:
                 attempts=attempts,
                 failure_code=failure_code,
                 activity_id=f"sync:{key}:{direction}:{workflow.uuid4().hex[:8]}",
+                task_queue=task_queue,
             )
         except GeneratorExit:
             raise
@@ -880,16 +1195,22 @@ class NotebookWorkflow:
         attempts: int,
         failure_code: str,
         activity_id: str | None = None,
+        task_queue: str | None = None,
     ) -> Any:
-        """Run an activity on the notebook's host; map failures to _HostLost or _ActivityFailed."""
+        """Run an activity on the notebook's host (or on ``task_queue``'s: where an earlier
+        run left data); map failures to _HostLost or _ActivityFailed."""
+        pickup = self._pickup_timeout()
+        if task_queue is not None:
+            # A host that held an earlier run may be gone for good: do not wait long.
+            pickup = min(pickup, timedelta(seconds=30))
         try:
             return await workflow.execute_activity(
                 name,
                 arg,
                 result_type=result_type,
                 activity_id=activity_id,
-                task_queue=self._task_queue,
-                schedule_to_start_timeout=self._pickup_timeout(),
+                task_queue=task_queue or self._task_queue,
+                schedule_to_start_timeout=pickup,
                 start_to_close_timeout=start_to_close,
                 # Every host activity heartbeats: a killed agent is noticed in seconds.
                 heartbeat_timeout=self._heartbeat_timeout(),
@@ -908,7 +1229,7 @@ class NotebookWorkflow:
                 raise asyncio.CancelledError() from err
             info = _failure_info(err, failure_code)
             state = S.FAILED if codes.is_user_failure(info.code) else S.ERROR
-            raise _ActivityFailed(state, info) from err
+            raise _ActivityFailed(state, info, _failure_details(err)) from err
 
     def _host_lost(self, message: str) -> None:
         # Billing ends at the last heartbeat that saw the container running (or the last
@@ -917,7 +1238,19 @@ class NotebookWorkflow:
         if b.started_at is not None:
             seen = b.last_seen_running_at or b.started_at
             self._bill_until(min(seen, workflow.now()), final=True)
-        # Nothing can be pushed from a lost host: the last checkpoint is what remains (I2).
+        # Nothing can be pushed from a lost host: the last checkpoint is what remains (I2),
+        # and what the host still holds is pushed if it comes back before a start.
+        if (
+            self._keeps_data
+            and self._container_launched
+            and self._status.host
+            and self._status.left_on_host is None
+        ):
+            self._status.left_on_host = HostData(
+                host=self._status.host,
+                reason="the host was lost while the notebook ran on it",
+                since=workflow.now(),
+            )
         self._task_queue = None
         if self._container_launched:
             self._status.last_stopped_at = workflow.now()
@@ -996,9 +1329,13 @@ class NotebookWorkflow:
     def _check(self, command: Command) -> Outcome:
         result = outcome(self._status.state, command)
         if result == Outcome.CONFLICT:
-            raise ApplicationError(
-                conflict_message(self._status.state, command), type="CONFLICT", non_retryable=True
-            )
+            message = conflict_message(self._status.state, command)
+            if self._status.info.code == codes.SYNC_FAILED:
+                message += (
+                    "; its unsaved data is saved by a start or a datasync push, or dropped "
+                    "by DELETE ?force=true"
+                )
+            raise ApplicationError(message, type="CONFLICT", non_retryable=True)
         if result == Outcome.GONE:
             raise ApplicationError("the notebook was deleted", type="GONE", non_retryable=True)
         return result
@@ -1025,6 +1362,12 @@ class NotebookWorkflow:
     @workflow.query
     def get(self) -> Notebook:
         return self._snapshot()
+
+    @workflow.query
+    def carry(self) -> NotebookInput:
+        """All a run would hand to the next: what a run taking over from this one, once
+        it was closed from outside, starts from (worker/revival.py)."""
+        return self._carry_over()
 
     @workflow.update
     def start(self, req: StartRequest) -> Notebook:
@@ -1076,8 +1419,15 @@ class NotebookWorkflow:
 
     @workflow.update
     def datasync(self, req: DataSyncCommand) -> Notebook:
-        """Queue a sync while RUNNING; its progress shows in ``status.datasyncs``."""
+        """Queue a sync while RUNNING; its progress shows in ``status.datasyncs``. For a
+        notebook FAILED with SYNC_FAILED, a push tries again to save what it left."""
         self._issued(req)
+        if self._retries_save(req):
+            self._retry_save = True
+            self._transition(
+                S.STOPPING, Info(message="datasync push: saving the data left on the host")
+            )
+            return self._snapshot()
         targets = self._datasync_targets(req)
         queued = next(
             (
@@ -1104,6 +1454,8 @@ class NotebookWorkflow:
     @datasync.validator
     def _validate_datasync(self, req: DataSyncCommand) -> None:
         self._check_reach(req)
+        if self._retries_save(req):
+            return
         if self._status.state != S.RUNNING:
             raise ApplicationError(
                 f"a datasync needs a RUNNING notebook; this one is {self._status.state.value}",
@@ -1111,6 +1463,15 @@ class NotebookWorkflow:
                 non_retryable=True,
             )
         self._datasync_targets(req)
+
+    def _retries_save(self, req: DataSyncCommand) -> bool:
+        return (
+            self._keeps_data
+            and self._status.state == S.FAILED
+            and self._status.info.code == codes.SYNC_FAILED
+            and self._status.left_on_host is not None
+            and req.direction == "push"
+        )
 
     @workflow.update
     def set_labels(self, req: LabelsCommand) -> Notebook:
@@ -1154,11 +1515,16 @@ class NotebookWorkflow:
         self._issued(req)
         if self._check(Command.DELETE) == Outcome.PROCEED:
             self._keep_workspace = req.keep_workspace
+            self._force_delete = req.force
+            left = self._status.left_on_host
+            if req.force and left is not None and self._keeps_data:
+                self._set_info(Info(message=f"delete forced: dropping {describe_left(left)}"))
             if self._status.state == S.STOPPING:
                 self._delete_after_stop = True  # DELETING once stopped
                 self._set_info(Info(message="delete requested: deleting once stopped"))
             else:
-                self._transition(S.DELETING, Info(message="delete requested"))
+                forced = self._status.info.message if self._force_delete and left else ""
+                self._transition(S.DELETING, Info(message=forced or "delete requested"))
                 self._cancel_phase()
         return self._snapshot()
 

@@ -159,8 +159,18 @@ async def delete_notebook(
     service: Service,
     caller: _caller(Action.DELETE),
     keep_workspace: bool = False,
+    force: Annotated[
+        bool,
+        Query(
+            description="drop what could not be saved (a notebook FAILED with SYNC_FAILED: "
+            "status.left_on_host); the answer's status.info says what is dropped"
+        ),
+    ] = False,
 ) -> Notebook:
-    return await service.delete(project, notebook_id, keep_workspace, caller)
+    """Delete the notebook: it goes through the stop sequence first (data saved), then its
+    container, local data and (unless `keep_workspace`) saved workspace are removed. Data
+    that cannot be saved stops the delete (FAILED, SYNC_FAILED) unless `force`."""
+    return await service.delete(project, notebook_id, keep_workspace, caller, force=force)
 
 
 @router.post("/{notebook_id}/token/rotate", response_model=Notebook)

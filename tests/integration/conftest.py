@@ -92,6 +92,8 @@ def stack(tmp_path_factory, docker_client, project) -> Iterator[Stack]:
             "AINB_WORKSPACE_CHECKPOINT_S": "12",
             "AINB_START_SYNC_ATTEMPTS": "3",
             "AINB_STOP_GRACE_S": "10",
+            # Closed workflows are taken over this often (by the agent and the sweeper).
+            "AINB_RECONCILE_INTERVAL_S": "10",
         },
         config_overrides={
             "api_tokens": {project: [PROJECT_API_TOKEN]},
