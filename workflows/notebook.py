@@ -717,14 +717,7 @@ class NotebookWorkflow:
                         items=unsaved,
                     )
                 if not self._left_here():
-                    await self._host_activity(
-                        A.REMOVE_LOCAL_DATA,
-                        self._ref,
-                        result_type=None,
-                        start_to_close=timedelta(minutes=10),
-                        attempts=0,
-                        failure_code=codes.INTERNAL_ERROR,
-                    )
+                    await self._remove_local_data()
             except _HostLost:
                 self._host_lost("the host stopped answering while the notebook was stopping")
                 if not self._deleting():
@@ -786,6 +779,18 @@ class NotebookWorkflow:
             self._transition(
                 S.STARTING, Info(message="restarting after its timeout (auto-restart)")
             )
+
+    async def _remove_local_data(self, task_queue: str | None = None) -> None:
+        """The notebook's directory on its host (or on ``task_queue``'s) is removed."""
+        await self._host_activity(
+            A.REMOVE_LOCAL_DATA,
+            self._ref,
+            result_type=None,
+            start_to_close=timedelta(minutes=10),
+            attempts=0,
+            failure_code=codes.INTERNAL_ERROR,
+            task_queue=task_queue,
+        )
 
     def _left_here(self) -> bool:
         """Whether this host's directory holds data not in storage (it must stay)."""
@@ -934,15 +939,7 @@ class NotebookWorkflow:
                 if item is not None:
                     unsaved.append(item)
             if not unsaved:
-                await self._host_activity(
-                    A.REMOVE_LOCAL_DATA,
-                    self._ref,
-                    result_type=None,
-                    start_to_close=timedelta(minutes=10),
-                    attempts=0,
-                    failure_code=codes.INTERNAL_ERROR,
-                    task_queue=queue,
-                )
+                await self._remove_local_data(queue)
         except _HostLost:
             self._set_info(
                 Info(
@@ -963,15 +960,7 @@ class NotebookWorkflow:
         """DELETE ?force=true: remove what could not be saved, and say so."""
         self._dropped = describe_left(left)
         try:
-            await self._host_activity(
-                A.REMOVE_LOCAL_DATA,
-                self._ref,
-                result_type=None,
-                start_to_close=timedelta(minutes=10),
-                attempts=0,
-                failure_code=codes.INTERNAL_ERROR,
-                task_queue=host_task_queue(left.host),
-            )
+            await self._remove_local_data(host_task_queue(left.host))
         except _HostLost:
             self._dropped += f" (host {left.host} does not answer: its copy is not removed)"
         self._status.left_on_host = None
