@@ -51,7 +51,14 @@ NOTEBOOK_SCENARIOS = (
     "delete-while-stopping",
     "delete-keep-workspace",
     "push-retrying",
-    # Defects of the workflow as recorded (see record.py): a fix must keep them replaying.
+    # Nothing stuck, orphaned or lost (since a01fc8b).
+    "sync-failed-then-datasync",
+    "sync-failed-force-delete",
+    "sync-failed-delete-refused",
+    "host-lost-then-start-saves-leftovers",
+    "delete-pushes-preserved",
+    "closed-taken-over",
+    # Defects of the workflow up to 911a019 (see record.py): fixed, they must keep replaying.
     "stop-racing-a-completion",
     "stop-during-usage-write",
 )

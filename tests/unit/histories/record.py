@@ -15,17 +15,20 @@ today's workflow code must replay (test_replay.py): a notebook running when the 
 is upgraded keeps running. Run it from the checkout's directory, so that nothing of this
 tree is imported by mistake; it prints the checkout it recorded. ``--all`` writes
 ``<scenario>-<label>.json`` (label: the checkout's short commit, ``-dirty`` if it has
-uncommitted changes). A file is ``{"workflow_id": …, "runs": [history, …]}``: every run
+uncommitted changes outside tests/unit/histories/, where new scenarios are written before
+they are recorded). A file is ``{"workflow_id": …, "runs": [history, …]}``: every run
 of the workflow, first to last (more than one where it continued as new), each in
 Temporal's JSON form of a history. The id matters: the workflow compares it with what a
 grant signal names.
 
 Written against the harness every version of the tests has: a scenario that needs a knob
 an older checkout lacks is skipped with a message. What a fake cannot be told to do
-(refuse capacity, fail the editor's readiness, fail the watch, hold a ledger write) is a
-recorder-side replacement of that one activity, by name, so old checkouts record those
-paths too. Two scenarios (stop-racing-a-completion, stop-during-usage-write) record
-defects of the workflow as it was: a fix must keep them replaying.
+(refuse capacity, fail the editor's readiness, fail the watch, hold a ledger write, fail
+a push for good) is a recorder-side replacement of that one activity, by name, so old
+checkouts record those paths too. Two scenarios (stop-racing-a-completion,
+stop-during-usage-write) record defects of the workflow as it was: a fix must keep them
+replaying. Fixed in a01fc8b (patches.STOP_WINS_RACES): on a checkout with the fix, they
+fail unless the stop wins.
 """
 
 from __future__ import annotations
@@ -64,16 +67,19 @@ from domain.messages import (
     DataSyncRequest,
     DeleteRequest,
     LabelsRequest,
+    NotebookInput,
     PatchRequest,
     ReadyInput,
     StartRequest,
     StopRequest,
+    SyncResult,
     Tuning,
+    VolumeSyncInput,
     WatchInput,
     WatchResult,
 )
 from domain.states import NotebookState as S
-from domain.status import Notebook
+from domain.status import Notebook, NotebookStatus, SyncProgress, SyncState
 from tests.unit.fakes import HOST, Script, fake_activities
 from tests.unit.harness import Harness
 from worker.connect import ensure_search_attributes
@@ -103,6 +109,7 @@ class Stage:
         # Held by a scenario's own activities until it lets them go (close lets every one
         # go, so that no activity outlives the recording).
         self.gates: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+        self.seen: list[Any] = []  # the inputs a scenario's own activities were given
         made = [make(self) for make in overrides]
         control, host = fake_activities(script)
         self._control = _replace(control, made)
@@ -306,6 +313,10 @@ def missing(s: Scenario) -> list[str]:
         "Script": {f.name for f in dataclasses.fields(Script)},
         "Tuning": set(Tuning.model_fields),
         "NotebookWorkflow": set(dir(NotebookWorkflow)),
+        "NotebookInput": set(NotebookInput.model_fields),
+        "NotebookStatus": set(NotebookStatus.model_fields),
+        "DeleteRequest": set(DeleteRequest.model_fields),
+        "VolumeSyncInput": set(VolumeSyncInput.model_fields),
     }
     return [n for n in s.needs if n.split(".", 1)[1] not in have[n.split(".", 1)[0]]]
 
@@ -736,7 +747,8 @@ async def stop_racing_a_completion(st: Stage) -> WorkflowHandle:
     Up to 911a019 at least, the phase is handed the activity's result and the cancel is
     lost: the notebook stays STOPPING, its container watched, until its timeout stops it
     (TIMEOUT, not STOPPED_BY_USER). A fix changes the commands that follow such a stop,
-    so it must keep this history replaying (workflow.patched)."""
+    so it must keep this history replaying (workflow.patched). Since a01fc8b
+    (patches.STOP_WINS_RACES) the stop ends the phase: STOPPED STOPPED_BY_USER."""
     handle = await st.create(timeout=600)
     await st.reach(handle, S.RUNNING)
     await st.quiet(handle, busy=(A.RECORD_USAGE,))
@@ -750,6 +762,8 @@ async def stop_racing_a_completion(st: Stage) -> WorkflowHandle:
     await st.env.sleep(timedelta(seconds=601))
     nb = await st.reach(handle, S.STOPPED)
     print(f"  stop-racing-a-completion: STOPPED {nb.status.info.code}", file=sys.stderr)
+    if _stop_wins() and nb.status.info.code != codes.STOPPED_BY_USER:
+        raise AssertionError(f"the stop lost the race: STOPPED {nb.status.info}")
     return handle
 
 
@@ -760,7 +774,8 @@ async def stop_during_usage_write(st: Stage) -> WorkflowHandle:
     Up to 911a019 at least, the cancelled write's ActivityError escapes the phase and the
     workflow FAILS: closed, its status frozen at STOPPING, the container left running.
     Recorded so that a fix keeps replaying what such a closed workflow answers to queries
-    (and to whatever revives it)."""
+    (and to whatever revives it). Since a01fc8b (patches.STOP_WINS_RACES) the write is
+    cancelled with the phase: STOPPED STOPPED_BY_USER, the workflow running on."""
     handle = await st.create()
     await st.reach(handle, S.RUNNING)
     await st.quiet(handle, busy=(A.RECORD_USAGE,))
@@ -780,7 +795,196 @@ async def stop_during_usage_write(st: Stage) -> WorkflowHandle:
             raise AssertionError(f"neither stopped nor closed: {nb.status.state}")
         await asyncio.sleep(0.05)
     print(f"  stop-during-usage-write: {outcome}", file=sys.stderr)
+    if _stop_wins() and outcome != f"STOPPED {codes.STOPPED_BY_USER}":
+        raise AssertionError(f"the stop during the usage write ended {outcome}")
     return handle
+
+
+def _stop_wins() -> bool:
+    """Whether this checkout's workflow has the fix of the two races above. Asked of the
+    module the workflow imported: ``import workflows.patches`` may find this tree's file
+    (the venv's editable install) when the checkout has none."""
+    patches = getattr(workflows.notebook, "patches", None)
+    return hasattr(patches, "STOP_WINS_RACES")
+
+
+# -------------------------------------- nothing stuck, orphaned or lost (since a01fc8b)
+
+
+def _volume_pushes(*, fail: bool) -> Callable[[Stage], Any]:
+    """The volumes' push, each input kept in ``st.seen``; with ``fail``, every push fails
+    for a reason retries cannot fix (DATA_SYNC_FAILED, saying what it left) until the
+    scenario sets the "storage-fixed" gate."""
+
+    def make(st: Stage) -> Any:
+        @activity.defn(name=A.PUSH_VOLUME)
+        async def push_volume(inp: VolumeSyncInput) -> SyncResult:
+            st.seen.append(inp)
+            what = f"push_volume:{inp.volume.mount_path}"
+            st.script.calls[what] += 1
+            if fail and not st.gates["storage-fixed"].is_set():
+                raise ApplicationError(
+                    f"volume {inp.volume.mount_path}: a file cannot be written",
+                    {"path": "/x", "files": 1, "bytes": 5},
+                    type=codes.DATA_SYNC_FAILED,
+                    non_retryable=True,
+                )
+            st.script.pushed.append(what)
+            now = datetime.now(UTC)
+            progress = SyncProgress(
+                direction="push", state=SyncState.DONE, started_at=now, ended_at=now
+            )
+            return SyncResult(progress=progress)
+
+        return push_volume
+
+    return make
+
+
+_KEEPS_DATA = ("NotebookStatus.left_on_host", "DeleteRequest.force")
+
+
+async def _sync_failed(st: Stage) -> WorkflowHandle:
+    """RUNNING, then a stop whose push of the rw volume fails for good: FAILED
+    SYNC_FAILED, the volume listed as left on the host."""
+    handle = await st.create()
+    await st.reach(handle, S.RUNNING)
+    await st.stop(handle)
+    nb = await st.reach(handle, S.FAILED, codes.SYNC_FAILED)
+    left = nb.status.left_on_host
+    assert left is not None and [i.target for i in left.items] == ["/workspace/out"], left
+    assert (left.items[0].files, left.items[0].bytes) == (1, 5), left
+    return handle
+
+
+@scenario(
+    "sync-failed-then-datasync",
+    script={"instant_watch": True},
+    needs=_KEEPS_DATA,
+    overrides=(_volume_pushes(fail=True),),
+)
+async def sync_failed_then_datasync(st: Stage) -> WorkflowHandle:
+    """A stop's push fails for good: FAILED SYNC_FAILED, the data kept on the host; once
+    storage takes it, a datasync push saves it: STOPPED."""
+    handle = await _sync_failed(st)
+    st.gates["storage-fixed"].set()
+    await st.update(handle, NotebookWorkflow.datasync, DataSyncRequest(direction="push"))
+    nb = await st.reach(handle, S.STOPPED, codes.STOPPED_BY_USER)
+    assert nb.status.left_on_host is None
+    assert st.seen[-1].keep_remote, st.seen[-1]
+    return handle
+
+
+@scenario(
+    "sync-failed-force-delete",
+    script={"instant_watch": True},
+    needs=_KEEPS_DATA,
+    overrides=(_volume_pushes(fail=True),),
+)
+async def sync_failed_force_delete(st: Stage) -> WorkflowHandle:
+    """A stop's push fails for good: FAILED SYNC_FAILED; DELETE ?force=true drops what
+    it left: the workflow completes."""
+    handle = await _sync_failed(st)
+    pushes = len(st.seen)
+    await st.delete(handle, force=True)
+    nb = await handle.result()
+    assert nb.status.state == S.DELETED and "dropped" in nb.status.info.message, nb.status
+    assert len(st.seen) == pushes  # dropped, not pushed again
+    return handle
+
+
+@scenario(
+    "sync-failed-delete-refused",
+    script={"instant_watch": True},
+    needs=_KEEPS_DATA,
+    overrides=(_volume_pushes(fail=True),),
+)
+async def sync_failed_delete_refused(st: Stage) -> WorkflowHandle:
+    """A stop's push fails for good: FAILED SYNC_FAILED; a delete without force tries
+    again, fails again: FAILED SYNC_FAILED, not deleted; then forced: completes."""
+    handle = await _sync_failed(st)
+    pushes = len(st.seen)
+    await st.delete(handle)
+    nb = await st.reach(handle, S.FAILED, codes.SYNC_FAILED)
+    assert len(st.seen) > pushes and nb.status.left_on_host is not None
+    await st.delete(handle, force=True)
+    nb = await handle.result()
+    assert nb.status.state == S.DELETED, nb.status
+    return handle
+
+
+@scenario(
+    "host-lost-then-start-saves-leftovers",
+    script={"instant_watch": True},
+    needs=_KEEPS_DATA,
+    overrides=(_volume_pushes(fail=False),),
+)
+async def host_lost_then_start_saves_leftovers(st: Stage) -> WorkflowHandle:
+    """The host dies while RUNNING: ERROR HOST_LOST, what it holds listed (unknown); the
+    host comes back and a start first pushes that (keeping remote files), then RUNNING;
+    stopped, deleted."""
+    handle = await st.create(tuning={**_QUICK_PICKUP, "checkpoint_s": 60})
+    await st.reach(handle, S.RUNNING)
+    await st.host_down()
+    await st.env.sleep(timedelta(seconds=61))
+    nb = await st.reach(handle, S.ERROR, codes.HOST_LOST)
+    left = nb.status.left_on_host
+    assert left is not None and left.host == HOST and not left.items, left
+    await st.host_up()
+    removals = st.script.calls["remove_local_data"]
+    await st.update(handle, NotebookWorkflow.start, StartRequest())
+    nb = await st.reach(handle, S.RUNNING)
+    assert nb.status.left_on_host is None
+    assert [i.keep_remote for i in st.seen] == [True], st.seen
+    assert st.script.calls["remove_local_data"] == removals + 1
+    await st.stop(handle)
+    await st.reach(handle, S.STOPPED, codes.STOPPED_BY_USER)
+    await st.delete(handle)
+    await handle.result()
+    return handle
+
+
+@scenario(
+    "delete-pushes-preserved",
+    script={"instant_watch": True},
+    needs=("VolumeSyncInput.preserved",),
+    overrides=(_volume_pushes(fail=False),),
+)
+async def delete_pushes_preserved(st: Stage) -> WorkflowHandle:
+    """Deleted while RUNNING, dropping the workspace: the rw volume is pushed, then its
+    preserved files (.ainb-preserved/) to its own storage; the workflow completes."""
+    handle = await st.create()
+    await st.reach(handle, S.RUNNING)
+    await st.delete(handle)
+    await handle.result()
+    assert [(i.volume.mount_path, i.preserved) for i in st.seen] == [
+        ("/workspace/out", False),
+        ("/workspace/out", True),
+    ], st.seen
+    return handle
+
+
+@scenario("closed-taken-over", script={"instant_watch": True}, needs=("NotebookInput.closed",))
+async def closed_taken_over(st: Stage) -> WorkflowHandle:
+    """RUNNING when its workflow is terminated from outside: the run that takes over
+    (worker/revival.py, from the closed run's ``carry``) saves and removes what it left,
+    ERROR WORKFLOW_CLOSED; then deleted. The new run's history is the one recorded."""
+    from worker.revival import take_over
+
+    handle = await st.create()
+    await st.reach(handle, S.RUNNING)
+    await st.quiet(handle)
+    await handle.terminate("closed from outside the platform (the recorder)")
+    pushes = len(st.script.pushed)
+    _, project, notebook_id = handle.id.split("/")
+    assert await take_over(st.env.client, project, notebook_id), "no run took over"
+    new = (await st.env.client.get_workflow_handle(handle.id).describe()).run_id
+    run = st.env.client.get_workflow_handle(handle.id, run_id=new, first_execution_run_id=new)
+    nb = await st.reach(run, S.ERROR, codes.WORKFLOW_CLOSED)
+    assert nb.status.container is None and len(st.script.pushed) > pushes, nb.status
+    await st.delete(run)
+    await run.result()
+    return run
 
 
 # ---------------------------------------------------------------- recording
@@ -880,7 +1084,10 @@ def label() -> str:
             ["git", "-C", str(CHECKOUT), *args], capture_output=True, text=True, check=True
         ).stdout.strip()
 
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    # The recorder's own folder aside: adding a scenario does not change the workflow.
+    dirty = git(
+        "status", "--porcelain", "--untracked-files=no", "--", ".", ":!tests/unit/histories"
+    )
     return git("rev-parse", "--short=7", "HEAD") + ("-dirty" if dirty else "")
 
 
