@@ -13,10 +13,12 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from activities.paths import notebooks_dir
 from activities.runtime.base import ContainerRuntime
+from domain import search_attributes as sa
 from domain.config import Settings
 from domain.fleet import HostInventory
-from domain.ids import host_task_queue, workflow_id
+from domain.ids import host_task_queue, valid_notebook_id, workflow_id
 from domain.states import NotebookState
 from domain.status import Notebook
 from worker import revival
@@ -149,7 +151,38 @@ class Presence:
                 None, self._runtime.stop, notebook_id, self._settings.stop_grace_s
             )
             removed.add(notebook_id)
+        await self._tidy_data_dirs(set(found))
         return kept, removed
+
+    async def _tidy_data_dirs(self, with_container: set[str]) -> None:
+        """Remove the data directories of deleted notebooks (what a forced delete could not
+        reach while this host was down). Only when the notebook's workflow completed,
+        which is DELETED for good; a directory of any other notebook, or of one Temporal
+        cannot name, may hold unsaved work and stays."""
+        root = notebooks_dir(self._settings.data_dir, self._settings.host_name)
+        try:
+            names = sorted(p.name for p in root.iterdir() if p.is_dir())
+        except OSError:
+            return
+        loop = asyncio.get_running_loop()
+        for notebook_id in names:
+            if notebook_id in with_container or not valid_notebook_id(notebook_id):
+                continue
+            if not await self._deleted(notebook_id):
+                continue
+            log.warning("removing the data directory of deleted notebook %s", notebook_id)
+            await loop.run_in_executor(None, shutil.rmtree, root / notebook_id, True)
+
+    async def _deleted(self, notebook_id: str) -> bool:
+        query = f"WorkflowType = 'Notebook' AND {sa.ID.name} = '{notebook_id}'"
+        try:
+            ids = {wf.id async for wf in self._client.list_workflows(query, limit=10)}
+            if len(ids) != 1:
+                return False
+            state, _ = await revival.liveness(self._client, ids.pop())
+        except Exception:
+            return False
+        return state == revival.Liveness.DELETED
 
     async def _meant_here(self, project: str, notebook_id: str) -> bool | None:
         """True/False, or None when it cannot be known now (then nothing is removed).

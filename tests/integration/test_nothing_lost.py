@@ -5,11 +5,14 @@ delete), the data a lost host still holds, and the preserved files of a delete."
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
+import uuid
 
 import pytest
 from temporalio.client import Client
 
+from activities.paths import notebooks_dir
 from domain.ids import workflow_id, workspace_prefix
 from tests.integration.conftest import Notebooks
 from tests.integration.s3data import bucket_keys, make_bucket
@@ -202,9 +205,7 @@ def test_what_a_lost_host_held_is_saved_before_the_next_start_reuses_it(
     notebooks.wait(nid, "DELETED")
 
 
-def test_preserved_files_survive_a_delete_without_the_workspace(
-    notebooks: Notebooks, s3
-) -> None:
+def test_preserved_files_survive_a_delete_without_the_workspace(notebooks: Notebooks, s3) -> None:
     bucket = make_bucket(s3, "shared", {"model.txt": b"v1\n"})
     nb = notebooks.create(name="preserved", volumes=[f"{bucket}@local:/workspace/shared:rw"])
     nid = nb["id"]
@@ -223,3 +224,25 @@ def test_preserved_files_survive_a_delete_without_the_workspace(
     assert keys["model.txt"] == b"theirs\n"
     kept = {k: v for k, v in keys.items() if k.startswith(f".ainb-preserved/{nid}/")}
     assert list(kept.values()) == [b"mine\n"], keys
+
+
+def test_a_deleted_notebooks_directory_left_on_a_host_is_removed(
+    notebooks: Notebooks, stack: Stack
+) -> None:
+    """What a forced delete could not remove while the host was down goes once it is back;
+    a directory of a notebook Temporal does not know stays (it may hold unsaved work)."""
+    nb = notebooks.create(name="tidy")
+    nid = nb["id"]
+    notebooks.wait(nid, "RUNNING")
+    assert notebooks.delete(nid).status_code == 202
+    notebooks.wait(nid, "DELETED")
+    root = notebooks_dir(stack.data_dir, stack.host_name)
+    (root / nid / "workspace").mkdir(parents=True)
+    (root / nid / "workspace" / "stale.txt").write_text("stale\n")
+    unknown = uuid.uuid4().hex
+    (root / unknown).mkdir()
+    try:
+        _wait_until(lambda: not (root / nid).exists(), 40, "removal of the deleted one's dir")
+        assert (root / unknown).is_dir()
+    finally:
+        shutil.rmtree(root / unknown, ignore_errors=True)
