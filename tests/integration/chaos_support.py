@@ -27,20 +27,14 @@ from temporalio.client import Client, WorkflowHistory
 from activities.runtime.docker_runtime import MANAGED_LABEL, NOTEBOOK_LABEL, PROJECT_LABEL
 from domain.config import JUPYTERLAB_IMAGE, VSCODE_IMAGE
 from domain.ids import workflow_id, workspace_prefix
+from tests.integration.conftest import FAST_TIMINGS
 from worker.stack import Ports, Stack
 
 log = logging.getLogger("ainb.chaos")
 
 WORKSPACE_BUCKET = "ainb-workspaces"
 # The conftest stack's timings, so that outages here meet the same platform behaviour.
-BASE_ENV = {
-    "AINB_HEARTBEAT_TIMEOUT_S": "5",
-    "AINB_HOST_PICKUP_TIMEOUT_S": "15",
-    "AINB_CHECKPOINT_S": "20",
-    "AINB_WORKSPACE_CHECKPOINT_S": "12",
-    "AINB_START_SYNC_ATTEMPTS": "3",
-    "AINB_STOP_GRACE_S": "10",
-}
+BASE_ENV = dict(FAST_TIMINGS)
 FRAMEWORKS = {
     "python": {
         "default_version": "3.11",

@@ -78,6 +78,18 @@ def project() -> str:
     return f"it-{uuid.uuid4().hex[:8]}"
 
 
+# Test stacks' timings: a lost host, a stuck start or a slow stop is seen in seconds. Every
+# test stack uses them, so outages and upgrades meet the same platform behaviour.
+FAST_TIMINGS = {
+    "AINB_HEARTBEAT_TIMEOUT_S": "5",
+    "AINB_HOST_PICKUP_TIMEOUT_S": "15",
+    "AINB_CHECKPOINT_S": "20",
+    "AINB_WORKSPACE_CHECKPOINT_S": "12",
+    "AINB_START_SYNC_ATTEMPTS": "3",
+    "AINB_STOP_GRACE_S": "10",
+}
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, docker_client, project) -> Iterator[Stack]:
     ports = Ports.random()
@@ -86,12 +98,7 @@ def stack(tmp_path_factory, docker_client, project) -> Iterator[Stack]:
         ports,
         runtime="docker",
         extra_env={
-            "AINB_HEARTBEAT_TIMEOUT_S": "5",
-            "AINB_HOST_PICKUP_TIMEOUT_S": "15",
-            "AINB_CHECKPOINT_S": "20",
-            "AINB_WORKSPACE_CHECKPOINT_S": "12",
-            "AINB_START_SYNC_ATTEMPTS": "3",
-            "AINB_STOP_GRACE_S": "10",
+            **FAST_TIMINGS,
             # Closed workflows are taken over this often (by the agent and the sweeper).
             "AINB_RECONCILE_INTERVAL_S": "10",
         },

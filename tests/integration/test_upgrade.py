@@ -34,7 +34,7 @@ from activities.runtime.docker_runtime import MANAGED_LABEL, PROJECT_LABEL
 from domain import search_attributes as sa
 from domain.config import JUPYTERLAB_IMAGE, VSCODE_IMAGE
 from domain.ids import workspace_prefix
-from tests.integration.conftest import Notebooks
+from tests.integration.conftest import FAST_TIMINGS, Notebooks
 from tests.integration.s3data import bucket_keys
 from worker.stack import Ports, Stack
 
@@ -148,14 +148,7 @@ def upgrade_stack(
         Ports.random(),
         runtime="docker",
         # The conftest stack's knobs: a lost host or a stuck start is seen in seconds.
-        extra_env={
-            "AINB_HEARTBEAT_TIMEOUT_S": "5",
-            "AINB_HOST_PICKUP_TIMEOUT_S": "15",
-            "AINB_CHECKPOINT_S": "20",
-            "AINB_WORKSPACE_CHECKPOINT_S": "12",
-            "AINB_START_SYNC_ATTEMPTS": "3",
-            "AINB_STOP_GRACE_S": "10",
-        },
+        extra_env=dict(FAST_TIMINGS),
         config_overrides={
             "frameworks": {
                 "python": {
