@@ -51,12 +51,10 @@ from domain.status import (
 )
 from domain.tokens import editor_token, link_token
 from worker import revival
-from worker.revival import CLOSED_FROM_OUTSIDE
+from worker.revival import CLOSED_FROM_OUTSIDE, MEMO_KEY, WORKFLOW_TYPE
 
-WORKFLOW_TYPE = "Notebook"
 RPC_TIMEOUT = timedelta(seconds=15)
 QUERY_TIMEOUT = timedelta(seconds=5)
-MEMO_KEY = "notebook"
 STALE_STATUS = "STATUS_STALE"
 # Updates wait for the workflow to accept them, which needs a worker: bounded, then 503.
 UPDATE_TIMEOUT = timedelta(seconds=30)

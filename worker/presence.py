@@ -174,7 +174,7 @@ class Presence:
             await loop.run_in_executor(None, shutil.rmtree, root / notebook_id, True)
 
     async def _deleted(self, notebook_id: str) -> bool:
-        query = f"WorkflowType = 'Notebook' AND {sa.ID.name} = '{notebook_id}'"
+        query = f"WorkflowType = '{revival.WORKFLOW_TYPE}' AND {sa.ID.name} = '{notebook_id}'"
         try:
             ids = {wf.id async for wf in self._client.list_workflows(query, limit=10)}
             if len(ids) != 1:
@@ -194,9 +194,9 @@ class Presence:
         if not project:
             return None
         wid = workflow_id(project, notebook_id)
-        state, _ = await revival.liveness(self._client, wid)
+        state, desc = await revival.liveness(self._client, wid)
         if state == revival.Liveness.CLOSED:
-            await revival.take_over(self._client, project, notebook_id)
+            await revival.take_over(self._client, project, notebook_id, desc=desc)
             return None
         if state in (revival.Liveness.DELETED, revival.Liveness.MISSING):
             return False

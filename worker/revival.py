@@ -25,6 +25,7 @@ from domain.messages import ClosedRun, NotebookInput
 log = logging.getLogger("ainb.revival")
 
 RPC_TIMEOUT = timedelta(seconds=10)
+# The API starts notebooks under this type, with their spec in this memo key.
 WORKFLOW_TYPE = "Notebook"
 MEMO_KEY = "notebook"
 # Closed by something else than the workflow's own end (COMPLETED is DELETED).
@@ -61,13 +62,20 @@ async def liveness(
     return Liveness.DELETED, desc
 
 
-async def take_over(client: Client, project: str, notebook_id: str) -> bool:
+async def take_over(
+    client: Client,
+    project: str,
+    notebook_id: str,
+    desc: WorkflowExecutionDescription | None = None,
+) -> bool:
     """Start the run that takes over from a closed one: whether a run now does (False when
-    the workflow was not closed from outside, or its last state cannot be read now)."""
+    the workflow was not closed from outside, or its last state cannot be read now).
+    ``desc``: the closed run's description, when the caller just asked for it."""
     wid = workflow_id(project, notebook_id)
-    state, desc = await liveness(client, wid)
-    if state != Liveness.CLOSED:
-        return False
+    if desc is None:
+        state, desc = await liveness(client, wid)
+        if state != Liveness.CLOSED:
+            return False
     assert desc is not None
     handle = client.get_workflow_handle(wid, run_id=desc.run_id)
     try:
@@ -124,9 +132,9 @@ async def sweep(client: Client) -> int:
     taken = 0
     for wid in sorted(seen):
         # The closed run listed may be an old one: the latest run decides.
-        state, _ = await liveness(client, wid)
+        state, desc = await liveness(client, wid)
         if state == Liveness.CLOSED:
             ref = notebook_of(wid)
             assert ref is not None
-            taken += await take_over(client, *ref)
+            taken += await take_over(client, *ref, desc=desc)
     return taken

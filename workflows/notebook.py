@@ -8,6 +8,7 @@ host's own task queue, so a dead host shows up as a schedule-to-start timeout.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -103,13 +104,19 @@ class _ActivityFailed(Exception):
         self.details = details or {}
 
 
-def _failure_details(err: BaseException) -> dict:
-    """The first dict an ApplicationError carries (a push says what it left behind)."""
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    """The error and what caused it, down the chain (Temporal's ``cause`` included)."""
     cause: BaseException | None = err
     while cause is not None:
+        yield cause
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+
+
+def _failure_details(err: BaseException) -> dict:
+    """The first dict an ApplicationError carries (a push says what it left behind)."""
+    for cause in _causes(err):
         if isinstance(cause, ApplicationError):
             return next((d for d in cause.details if isinstance(d, dict)), {})
-        cause = cause.__cause__ or getattr(cause, "cause", None)
     return {}
 
 
@@ -158,11 +165,9 @@ def _is_host_lost(err: BaseException) -> bool:
 
 def _failure_info(err: BaseException, default_code: str) -> Info:
     """Turn an activity failure into a code and a message a person can act on."""
-    cause: BaseException | None = err
-    while cause is not None:
+    for cause in _causes(err):
         if isinstance(cause, ApplicationError) and cause.type:
             return Info(code=cause.type, message=cause.message)
-        cause = cause.__cause__ or getattr(cause, "cause", None)
     return Info(code=default_code, message=str(err.__cause__ or err))
 
 
