@@ -12,7 +12,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from domain import activity_names as A
 from domain.fleet import CapacityRequest, Decision
-from workflows.fleet import FLEET_WORKFLOW_ID
+from temporal_client import fleet_calls
 
 
 class FleetActivities:
@@ -24,8 +24,7 @@ class FleetActivities:
 
     @activity.defn(name=A.REQUEST_CAPACITY)
     async def request_capacity(self, req: CapacityRequest) -> Decision:
-        handle = self._client.get_workflow_handle(FLEET_WORKFLOW_ID)
-        return await handle.execute_update("request", req, result_type=Decision)
+        return await fleet_calls.request(fleet_calls.fleet(self._client), req)
 
     @activity.defn(name=A.FIND_GONE_NOTEBOOKS)
     async def find_gone_notebooks(self, notebooks: list[str]) -> list[str]:
@@ -45,5 +44,4 @@ class FleetActivities:
 
     @activity.defn(name=A.RELEASE_CAPACITY)
     async def release_capacity(self, notebook: str) -> bool:
-        handle = self._client.get_workflow_handle(FLEET_WORKFLOW_ID)
-        return await handle.execute_update("release", notebook, result_type=bool)
+        return await fleet_calls.release(fleet_calls.fleet(self._client), notebook)

@@ -159,7 +159,7 @@ async def authenticate(
     return principal
 
 
-def allow(action: Action) -> Callable[[Request], AsyncIterator[Principal]]:
+def allow(action: Action) -> Callable[[Request, Principal], AsyncIterator[Principal]]:
     """A dependency: the caller may take `action` in the path's project (else 401/403),
     and, for a state-changing action, the call goes into the audit log with its answer."""
 

@@ -42,7 +42,7 @@ from domain.spec import NotebookSpec
 from domain.states import NotebookState
 from domain.status import Notebook
 from ledger.sqlite import SqliteLedger
-from worker.connect import connect
+from temporal_client.connect import connect
 
 __all__ = ["Ainb", "ApiError", "Services", "services"]
 

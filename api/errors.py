@@ -96,7 +96,7 @@ def install(app: FastAPI) -> None:
         return JSONResponse(status_code=err.status, content=body, headers=err.headers)
 
     @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    async def _http_error(request: Request, err: HTTPException) -> Response:
         # The framework's own refusals (no such route, method not allowed, a body it cannot
         # read) in the same shape as ours.
         if err.status_code == 400 and isinstance(err.__cause__, ValueError):

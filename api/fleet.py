@@ -12,7 +12,7 @@ from api.errors import ApiError
 from domain.config import Settings
 from domain.fleet import Decision
 from domain.messages import FleetView
-from workflows.fleet import FLEET_WORKFLOW_ID
+from temporal_client import fleet_calls
 
 QUERY_TIMEOUT = timedelta(seconds=5)
 
@@ -32,12 +32,12 @@ class FlavorView(BaseModel):
 
 class FleetService:
     def __init__(self, client: Client, settings: Settings) -> None:
-        self._fleet = client.get_workflow_handle(FLEET_WORKFLOW_ID)
+        self._fleet = fleet_calls.fleet(client)
         self._settings = settings
 
     async def view(self) -> FleetView:
         try:
-            return await self._fleet.query("view", result_type=FleetView, rpc_timeout=QUERY_TIMEOUT)
+            return await fleet_calls.view(self._fleet, rpc_timeout=QUERY_TIMEOUT)
         except RPCError as err:
             raise ApiError(503, f"the fleet did not answer ({err.message}); try again") from err
 
@@ -60,9 +60,7 @@ class FleetService:
 
     async def position(self, workflow_id: str) -> Decision | None:
         try:
-            return await self._fleet.query(
-                "position", workflow_id, result_type=Decision, rpc_timeout=QUERY_TIMEOUT
-            )
+            return await fleet_calls.position(self._fleet, workflow_id, rpc_timeout=QUERY_TIMEOUT)
         except RPCError:
             return None
 
@@ -73,9 +71,7 @@ class FleetService:
             return
         limit = self._settings.project_max_gpus
         try:
-            used = await self._fleet.query(
-                "project_gpus", project, result_type=int, rpc_timeout=QUERY_TIMEOUT
-            )
+            used = await fleet_calls.project_gpus(self._fleet, project, rpc_timeout=QUERY_TIMEOUT)
         except RPCError:
             return  # the fleet decides at grant time
         if used + gpus > limit:

@@ -37,6 +37,7 @@ from domain.access import Action, Principal, Role, reaches, refusal
 from domain.config import Settings
 from domain.gateway import host_matcher, notebook_origin
 from domain.ids import valid_notebook_id
+from domain.protocol import NOTEBOOK_WORKFLOW_TYPE
 from domain.spec import Editor
 from domain.states import NotebookState
 from domain.tokens import editor_read_token, link_token, session_mac, tunnel_token
@@ -146,7 +147,7 @@ class Gateway:
             raise not_found
         if self._unknown.get(notebook_id, 0.0) > time.monotonic():
             raise not_found
-        query = f'WorkflowType = "Notebook" AND {sa.ID.name} = "{notebook_id}"'
+        query = f'WorkflowType = "{NOTEBOOK_WORKFLOW_TYPE}" AND {sa.ID.name} = "{notebook_id}"'
         async for wf in self._client.list_workflows(query, limit=1):
             _, project, _ = wf.id.split("/", 2)
             self._projects[notebook_id] = project
@@ -339,9 +340,9 @@ class Gateway:
             who, read_only = found
             return Access(True, read_only, self._session(route, who))
         cookie = cookies.get(COOKIE_PREFIX + route.notebook_id)
-        read_only = await self._session_valid(route, cookie) if cookie else None
-        if read_only is not None:
-            return Access(True, read_only)
+        session = await self._session_valid(route, cookie) if cookie else None
+        if session is not None:
+            return Access(True, session)
         raise Refused(
             401,
             f"notebook {route.notebook_id} is private: open the link in its status.url (or "

@@ -21,7 +21,7 @@ from api.logs import LogService
 from api.routers import capabilities, fleet, health, notebooks, tokens, usage
 from domain.config import Settings
 from ledger.access_store import AccessStore
-from worker.connect import connect
+from temporal_client.connect import connect
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

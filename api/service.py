@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowUpdateFailedError
@@ -18,10 +19,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from api import catalog
 from api.errors import ApiError
 from api.fleet import FleetService
-from domain import codes
+from domain import codes, protocol
 from domain import search_attributes as sa
 from domain.access import Principal, Role, reaches, selector_problem
 from domain.config import Settings
+from domain.datasync import WORKSPACE
+from domain.fleet import queued_message
 from domain.gateway import notebook_url
 from domain.ids import CONTROL_TASK_QUEUE, valid_notebook_id, workflow_id
 from domain.messages import (
@@ -37,7 +40,6 @@ from domain.messages import (
     RotateTokenRequest,
     StartRequest,
     StopRequest,
-    Tuning,
 )
 from domain.spec import NotebookSpec
 from domain.states import NotebookState
@@ -47,17 +49,22 @@ from domain.status import (
     Notebook,
     NotebookStatus,
     SyncState,
+    VolumeStatus,
+    WorkspaceStatus,
     initial_notebook,
 )
 from domain.tokens import editor_token, link_token
-from worker import revival
-from worker.revival import CLOSED_FROM_OUTSIDE, MEMO_KEY, WORKFLOW_TYPE
+from temporal_client import notebook_calls, revival
+from temporal_client.revival import CLOSED_FROM_OUTSIDE
 
 RPC_TIMEOUT = timedelta(seconds=15)
 QUERY_TIMEOUT = timedelta(seconds=5)
 STALE_STATUS = "STATUS_STALE"
 # Updates wait for the workflow to accept them, which needs a worker: bounded, then 503.
 UPDATE_TIMEOUT = timedelta(seconds=30)
+
+# A notebook update of temporal_client.notebook_calls (stop, patch, ...).
+Update = Callable[..., Awaitable[Notebook]]
 
 
 class NotebookService:
@@ -66,19 +73,6 @@ class NotebookService:
         self._settings = settings
         self._fleet = fleet
         self._origins = settings.notebook_origin_pattern
-
-    def _tuning(self) -> Tuning:
-        s = self._settings
-        return Tuning(
-            heartbeat_timeout_s=s.heartbeat_timeout_s,
-            host_pickup_timeout_s=s.host_pickup_timeout_s,
-            start_sync_attempts=s.start_sync_attempts,
-            stop_grace_s=s.stop_grace_s,
-            push_retry_max_interval_s=s.push_retry_max_interval_s,
-            checkpoint_s=s.checkpoint_s,
-            workspace_checkpoint_s=s.workspace_checkpoint_s,
-            max_history_events=s.max_history_events,
-        )
 
     def _present(self, notebook: Notebook, caller: Principal | None = None) -> Notebook:
         """The gateway's address while the editor serves somewhere, with the notebook's
@@ -127,9 +121,11 @@ class NotebookService:
         """The workflow's answer to ``get``, unless the workflow is closed: a closed
         workflow still answers queries (by replaying its history, which may end RUNNING),
         so whether it lives is told by its description, asked at the same time."""
+        desc: WorkflowExecutionDescription | BaseException
+        notebook: Notebook | BaseException
         desc, notebook = await asyncio.gather(
             handle.describe(rpc_timeout=QUERY_TIMEOUT),
-            handle.query("get", result_type=Notebook, rpc_timeout=QUERY_TIMEOUT),
+            notebook_calls.get(handle, rpc_timeout=QUERY_TIMEOUT),
             return_exceptions=True,
         )
         if isinstance(notebook, BaseException):
@@ -158,12 +154,12 @@ class NotebookService:
             image=image,
             workspace_bucket=self._settings.workspace_bucket,
             created_at=datetime.now(UTC),
-            tuning=self._tuning(),
+            tuning=self._settings.tuning(),
             created_by=caller.actor if caller is not None else None,
         )
         notebook = initial_notebook(inp)
         await self._client.start_workflow(
-            WORKFLOW_TYPE,
+            protocol.NOTEBOOK_WORKFLOW_TYPE,
             inp,
             id=workflow_id(project, inp.notebook_id),
             task_queue=CONTROL_TASK_QUEUE,
@@ -183,7 +179,7 @@ class NotebookService:
             static_summary=f"{spec.name} ({project}): {spec.framework.id} {spec.framework.version} "
             f"{spec.editor.value}, {spec.resources.units} x {spec.resources.flavor}",
             # What GET can still show when no worker answers queries (see _from_visibility).
-            memo={MEMO_KEY: notebook.model_dump(mode="json", exclude={"status"})},
+            memo={protocol.MEMO_KEY: notebook.model_dump(mode="json", exclude={"status"})},
             rpc_timeout=RPC_TIMEOUT,
         )
         return self._present(notebook)
@@ -211,10 +207,7 @@ class NotebookService:
             return
         decision = await self._fleet.position(workflow_id(notebook.project, notebook.id))
         if decision is not None and decision.position is not None:
-            info.message = (
-                f"queued: number {decision.position} in line for {decision.waiting_for}; "
-                "it starts as soon as a host has room"
-            )
+            info.message = queued_message(decision.position, decision.waiting_for)
 
     async def _add_live_progress(self, handle, notebook: Notebook) -> None:
         """Fill the numbers of the syncs under way from their activities' last heartbeats.
@@ -223,9 +216,11 @@ class NotebookService:
         in history would bloat it, while the server keeps the last heartbeat of each
         pending activity for free."""
         st = notebook.status
-        holders = {f"volume-{i}": v for i, v in enumerate(st.volumes)}
+        holders: dict[str, VolumeStatus | WorkspaceStatus] = {
+            protocol.volume_key(i): v for i, v in enumerate(st.volumes)
+        }
         if st.workspace is not None:
-            holders["workspace"] = st.workspace
+            holders[protocol.WORKSPACE_KEY] = st.workspace
         if not any(
             h.last_sync and h.last_sync.state == SyncState.RUNNING for h in holders.values()
         ):
@@ -235,10 +230,17 @@ class NotebookService:
         except RPCError:
             return  # the numbers are a nicety: the state itself came from the query
         for pending in desc.raw_description.pending_activities:
-            parts = pending.activity_id.split(":")
-            holder = holders.get(parts[1]) if len(parts) == 4 and parts[0] == "sync" else None
+            sync_id = protocol.parse_sync_activity_id(pending.activity_id)
+            if sync_id is None:
+                continue
+            holder = holders.get(sync_id.key)
             sync = holder.last_sync if holder is not None else None
-            if sync is None or sync.state != SyncState.RUNNING or sync.direction != parts[2]:
+            if (
+                holder is None
+                or sync is None
+                or sync.state != SyncState.RUNNING
+                or sync.direction != sync_id.direction
+            ):
                 continue
             if not pending.heartbeat_details.payloads:
                 continue
@@ -252,7 +254,8 @@ class NotebookService:
                 continue
             live = {k: int(detail[k]) for k in SYNC_COUNTERS if isinstance(detail.get(k), int)}
             holder.last_sync = sync.model_copy(update=live)
-            target = "workspace" if parts[1] == "workspace" else holder.mount_path
+            # A datasync job names the workspace "workspace", a volume by its mount path.
+            target = holder.mount_path if isinstance(holder, VolumeStatus) else WORKSPACE
             for job in st.datasyncs:
                 if job.state == SyncState.RUNNING and job.current == target:
                     for k, v in live.items():
@@ -265,7 +268,7 @@ class NotebookService:
             desc = await handle.describe(rpc_timeout=RPC_TIMEOUT)
         except RPCError as err:
             raise self._rpc_error(err, project, notebook_id) from err
-        base = await desc.memo_value(MEMO_KEY, None)
+        base = await desc.memo_value(protocol.MEMO_KEY, None)
         state = desc.typed_search_attributes.get(sa.STATE)
         if base is None or state is None:
             raise ApiError(503, "the control plane did not answer in time; try again")
@@ -291,7 +294,7 @@ class NotebookService:
         for key, value in (caller.selector if caller else {}).items():
             if labels.setdefault(key, value) != value:
                 return []  # asks for notebooks outside the token's reach: there are none
-        query = f"WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running' AND NotebookProject = '{project}'"
+        query = f"WorkflowType = '{protocol.NOTEBOOK_WORKFLOW_TYPE}' AND ExecutionStatus = 'Running' AND NotebookProject = '{project}'"
         # The state filter is applied to each notebook's queried state, not to the
         # NotebookState search attribute: visibility can trail a transition by seconds
         # under load, and a list must not disagree with the GET of the same notebook.
@@ -318,43 +321,42 @@ class NotebookService:
         return notebooks
 
     async def _update(
-        self, project: str, notebook_id: str, name: str, arg: Issued, caller: Principal | None
+        self, project: str, notebook_id: str, call: Update, arg: Issued, caller: Principal | None
     ) -> Notebook:
+        """``call(handle, arg)``: one of temporal_client.notebook_calls' updates."""
         try:
-            return await self._update_once(project, notebook_id, name, arg, caller)
+            return await self._update_once(project, notebook_id, call, arg, caller)
         except ApiError as err:
             if err.status != 404:
                 raise
             # A workflow closed from outside: a new run takes over, then it takes the command.
             if not await revival.take_over(self._client, project, notebook_id):
                 raise
-        return await self._update_once(project, notebook_id, name, arg, caller)
+        return await self._update_once(project, notebook_id, call, arg, caller)
 
     async def _update_once(
-        self, project: str, notebook_id: str, name: str, arg: Issued, caller: Principal | None
+        self, project: str, notebook_id: str, call: Update, arg: Issued, caller: Principal | None
     ) -> Notebook:
         handle = self._handle(project, notebook_id)
         if caller is not None:
             arg = arg.model_copy(update={"by": caller.actor, "reach": dict(caller.selector)})
         try:
-            notebook = await handle.execute_update(
-                name, arg, result_type=Notebook, rpc_timeout=UPDATE_TIMEOUT
-            )
+            notebook = await call(handle, arg, rpc_timeout=UPDATE_TIMEOUT)
         except WorkflowUpdateFailedError as err:
             cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.type == "CONFLICT":
+            if isinstance(cause, ApplicationError) and cause.type == protocol.CONFLICT:
                 raise ApiError(409, cause.message) from err
-            if isinstance(cause, ApplicationError) and cause.type == "INVALID":
+            if isinstance(cause, ApplicationError) and cause.type == protocol.INVALID:
                 field = cause.details[0] if cause.details else None
                 raise ApiError(422, cause.message, field=field) from err
-            if isinstance(cause, ApplicationError) and cause.type == "FORBIDDEN":
+            if isinstance(cause, ApplicationError) and cause.type == protocol.FORBIDDEN:
                 field = cause.details[0] if cause.details else None
                 raise ApiError(403, cause.message, field=field) from err
-            if isinstance(cause, ApplicationError) and cause.type == "GONE":
+            if isinstance(cause, ApplicationError) and cause.type == protocol.GONE:
                 raise ApiError(
                     404, f"notebook {notebook_id} not found in project {project}"
                 ) from err
-            raise ApiError(500, f"{name} failed: {cause or err}") from err
+            raise ApiError(500, f"{call.__name__} failed: {cause or err}") from err
         except RPCError as err:
             raise self._rpc_error(err, project, notebook_id) from err
         return self._present(notebook)
@@ -369,12 +371,14 @@ class NotebookService:
             NotebookState.ERROR,
         ):
             await self._fleet.check_project_quota(project, current.spec.resources.gpu or 0)
-        return await self._update(project, notebook_id, "start", StartRequest(), caller)
+        return await self._update(
+            project, notebook_id, notebook_calls.start, StartRequest(), caller
+        )
 
     async def stop(
         self, project: str, notebook_id: str, caller: Principal | None = None
     ) -> Notebook:
-        return await self._update(project, notebook_id, "stop", StopRequest(), caller)
+        return await self._update(project, notebook_id, notebook_calls.stop, StopRequest(), caller)
 
     async def patch(
         self, project: str, notebook_id: str, req: PatchRequest, caller: Principal | None = None
@@ -382,7 +386,7 @@ class NotebookService:
         if req.timeout is not None:
             catalog.check_timeout(self._settings, req.timeout)
         command = PatchCommand(**req.model_dump())
-        return await self._update(project, notebook_id, "patch", command, caller)
+        return await self._update(project, notebook_id, notebook_calls.patch, command, caller)
 
     async def set_labels(
         self, project: str, notebook_id: str, req: LabelsRequest, caller: Principal | None = None
@@ -392,19 +396,19 @@ class NotebookService:
             await self.get(project, notebook_id, caller)
             raise ApiError(403, f"labels: {problem}", field="labels")
         command = LabelsCommand(**req.model_dump())
-        return await self._update(project, notebook_id, "set_labels", command, caller)
+        return await self._update(project, notebook_id, notebook_calls.set_labels, command, caller)
 
     async def datasync(
         self, project: str, notebook_id: str, req: DataSyncRequest, caller: Principal | None = None
     ) -> Notebook:
         command = DataSyncCommand(**req.model_dump())
-        return await self._update(project, notebook_id, "datasync", command, caller)
+        return await self._update(project, notebook_id, notebook_calls.datasync, command, caller)
 
     async def rotate_token(
         self, project: str, notebook_id: str, caller: Principal | None = None
     ) -> Notebook:
         return await self._update(
-            project, notebook_id, "rotate_token", RotateTokenRequest(), caller
+            project, notebook_id, notebook_calls.rotate_token, RotateTokenRequest(), caller
         )
 
     async def delete(
@@ -416,7 +420,7 @@ class NotebookService:
         force: bool = False,
     ) -> Notebook:
         req = DeleteRequest(keep_workspace=keep_workspace, force=force)
-        return await self._update(project, notebook_id, "delete", req, caller)
+        return await self._update(project, notebook_id, notebook_calls.delete, req, caller)
 
     @staticmethod
     def _rpc_error(err: RPCError, project: str, notebook_id: str) -> ApiError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 from typing import Any
 
@@ -105,7 +106,9 @@ class Client:
     def create(self, spec: dict) -> dict:
         return self._call("POST", self._notebooks, json=spec)
 
-    def list(self, state: str | None = None, labels: list[str] | None = None) -> list[dict]:
+    def list(
+        self, state: str | None = None, labels: builtins.list[str] | None = None
+    ) -> builtins.list[dict]:
         params: dict[str, Any] = {}
         if state:
             params["state"] = state
@@ -150,7 +153,7 @@ class Client:
         params = {k: v for k, v in (("from", start), ("to", end)) if v}
         return self._call("GET", f"/v1/projects/{self.config.project}/usage", params=params)
 
-    def capabilities(self, kind: str) -> list[dict]:
+    def capabilities(self, kind: str) -> builtins.list[dict]:
         return self._call("GET", f"/v1/capabilities/{kind}")
 
     # ------------------------------------------------------------ tokens and audit
@@ -166,7 +169,7 @@ class Client:
     def create_token(self, body: dict) -> dict:
         return self._call("POST", self._tokens, json=body)
 
-    def list_tokens(self) -> list[dict]:
+    def list_tokens(self) -> builtins.list[dict]:
         return self._call("GET", self._tokens)
 
     def get_token(self, token_id: str) -> dict:
@@ -181,7 +184,7 @@ class Client:
 
     def audit(
         self, start: str | None = None, end: str | None = None, limit: int | None = None
-    ) -> list[dict]:
+    ) -> builtins.list[dict]:
         params: dict[str, Any] = {k: v for k, v in (("from", start), ("to", end)) if v}
         if limit is not None:
             params["limit"] = limit

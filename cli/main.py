@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TextIO
 
 from cli import render, tokens
@@ -327,7 +327,7 @@ COMMANDS = {
 
 def main(
     argv: list[str] | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     transport=None,
@@ -340,10 +340,10 @@ def main(
         stderr.write(f"ainb: {message}\n")
         return code
 
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     flags = {k: getattr(args, k, None) for k in ("url", "project", "token")}
     try:
-        config = resolve(flags, environ)
+        config = resolve(flags, env)
     except ConfigError as err:
         return fail(str(err), 2)
     with Client(config, transport=transport) as client:
@@ -351,7 +351,7 @@ def main(
             return COMMANDS[args.command](client, args, out)
         except ApiError as err:
             if err.status == 401:
-                return fail(f"error: {tokens.unauthorized(err, flags, environ, config.token)}", 2)
+                return fail(f"error: {tokens.unauthorized(err, flags, env, config.token)}", 2)
             return fail(f"error: {err.line()}", 2 if err.client_error else 1)
         except Unreachable as err:
             return fail(str(err), 1)

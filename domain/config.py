@@ -11,11 +11,15 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.fleet import FlavorSpec, Quotas
+from domain.messages import FleetInput, Tuning
 
 
 class StorageAlias(BaseModel):
@@ -140,6 +144,27 @@ def _default_flavors() -> dict[str, Flavor]:
     }
 
 
+# The settings the API writes into each new notebook workflow's Tuning (Settings.tuning()).
+# Their defaults are Tuning's: one source, whether the API sets them or a workflow input
+# leaves them out. Tuning's other fields (launch_attempts, ready_timeout_s) are not
+# settings: every workflow gets their defaults.
+TUNED = (
+    "heartbeat_timeout_s",
+    "host_pickup_timeout_s",
+    "start_sync_attempts",
+    "stop_grace_s",
+    "push_retry_max_interval_s",
+    "checkpoint_s",
+    "workspace_checkpoint_s",
+    "max_history_events",
+)
+
+
+def _default(model: type[BaseModel], name: str):
+    """The default of ``model``'s field ``name``, for a setting that fills it."""
+    return model.model_fields[name].default
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AINB_", env_nested_delimiter="__")
 
@@ -172,7 +197,8 @@ class Settings(BaseSettings):
     editor_uid: int = 1000
     editor_gid: int = 1000
 
-    storage_aliases: dict[str, StorageAlias] = Field(default_factory=dict)
+    # Read-only to its readers (domain.storage_policy.StorageSettings); a dict at run time.
+    storage_aliases: Mapping[str, StorageAlias] = Field(default_factory=dict)
     platform_alias: str = "local"
     workspace_bucket: str = "ainb-workspaces"
 
@@ -216,29 +242,29 @@ class Settings(BaseSettings):
     timeout_min_s: int = 600
     timeout_max_s: int = 30 * 24 * 3600
 
-    # Timeouts the API writes into each new workflow (see domain.messages.Tuning).
-    heartbeat_timeout_s: float = 30.0
-    host_pickup_timeout_s: float = 120.0
-    start_sync_attempts: int = 5
-    stop_grace_s: float = 20.0
+    # Timeouts the API writes into each new workflow (TUNED; defaults: domain.messages.Tuning).
+    heartbeat_timeout_s: float = _default(Tuning, "heartbeat_timeout_s")
+    host_pickup_timeout_s: float = _default(Tuning, "host_pickup_timeout_s")
+    start_sync_attempts: int = _default(Tuning, "start_sync_attempts")
+    stop_grace_s: float = _default(Tuning, "stop_grace_s")
     # A push that fails at stop is retried until it succeeds, at most this far apart.
-    push_retry_max_interval_s: float = 60.0
-    checkpoint_s: float = 900.0
+    push_retry_max_interval_s: float = _default(Tuning, "push_retry_max_interval_s")
+    checkpoint_s: float = _default(Tuning, "checkpoint_s")
     # Periodic workspace push while RUNNING (0: only at stop).
-    workspace_checkpoint_s: float = 900.0
+    workspace_checkpoint_s: float = _default(Tuning, "workspace_checkpoint_s")
     # Host-local copies of `cache` volumes unused for this long are evicted.
     volume_cache_ttl_s: float = 7 * 24 * 3600
-    max_history_events: int = 4000
+    max_history_events: int = _default(Tuning, "max_history_events")
     # The fleet takes every heartbeat and grant: a longer history between continue-as-new.
     fleet_max_history_events: int = 10000
 
     # Quotas: per notebook (a 422 at create), per project at once (a 409 at create/start).
     notebook_max_gpus: int = 4
     notebook_max_cpus: int = 12
-    project_max_gpus: int = 4
+    project_max_gpus: int = _default(Quotas, "project_max_gpus")
     # Host liveness: agents prove they live this often; silent this long means down.
     host_heartbeat_s: float = 5.0
-    host_down_after_s: float = 30.0
+    host_down_after_s: float = _default(FleetInput, "host_down_after_s")
     # Agents remove containers not meant to run on them (and adopt the rest) this often.
     reconcile_interval_s: float = 60.0
     # This host's inventory; unset values are detected (CPUs, memory; GPUs via nvidia-smi).
@@ -276,11 +302,12 @@ class Settings(BaseSettings):
         key = f"{self.temporal_address}|{self.temporal_namespace}|{self.data_dir.resolve()}"
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
-    def fleet_input(self):
-        """The fleet workflow's configuration: flavors, quotas, liveness timing."""
-        from domain.fleet import FlavorSpec, Quotas
-        from domain.messages import FleetInput
+    def tuning(self) -> Tuning:
+        """The timeouts a new notebook workflow applies (its input's ``tuning``)."""
+        return Tuning(**{name: getattr(self, name) for name in TUNED})
 
+    def fleet_input(self) -> FleetInput:
+        """The fleet workflow's configuration: flavors, quotas, liveness timing."""
         return FleetInput(
             flavors={
                 name: FlavorSpec(

@@ -204,6 +204,14 @@ def waiting_for(state: FleetState, req: CapacityRequest, flavor: FlavorSpec) -> 
     return what
 
 
+def queued_message(position: int | None, waiting_for: str) -> str:
+    """A queued notebook's status message: the workflow's when the fleet queued it, and
+    the API's with the place in line it has now."""
+    return (
+        f"queued: number {position} in line for {waiting_for}; it starts as soon as a host has room"
+    )
+
+
 def describe_need(flavor: FlavorSpec, units: int) -> str:
     cpus, mem, gpus = need(flavor, units)
     parts = [f"{gpus} GPU" + ("s" if gpus != 1 else "")] if gpus else []

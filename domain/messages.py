@@ -16,7 +16,8 @@ from domain.billing import PeriodUsage, UsageRecord
 from domain.fleet import Allocation, CapacityRequest, FlavorSpec, FleetState, HostInventory, Quotas
 from domain.ids import valid_notebook_id, valid_project
 from domain.spec import LABELS_SCHEMA, NotebookSpec, Volume, check_labels, unicode_text
-from domain.status import NotebookStatus, SyncProgress
+from domain.states import NotebookState
+from domain.status import Info, NotebookStatus, SyncProgress
 
 
 class Tuning(BaseModel):
@@ -59,17 +60,45 @@ class BillingState(BaseModel):
     pending: list[UsageRecord] = Field(default_factory=list)  # decided, not yet in the ledger
 
 
+class Ending(BaseModel):
+    """How the current run ends, decided by whoever ended it (user, editor, failure)."""
+
+    state: NotebookState
+    info: Info
+
+
 class Carry(BaseModel):
-    """Everything a run hands to the next across continue-as-new."""
+    """The notebook workflow's whole state: what a run hands to the next across
+    continue-as-new, passed whole. Fields after ``allocation`` came in 2026-12; a run
+    from before carries none of them, and their defaults are what it had."""
 
     status: NotebookStatus
     updated_at: datetime
     billing: BillingState
-    task_queue: str | None = None
+    task_queue: str | None = None  # the host's queue while a container may exist there
     container_launched: bool = False
     run: RunSettings | None = None
+    # Capacity asked of the fleet (granted or queued) and not yet given back (I5).
     capacity_held: bool = False
     allocation: Allocation | None = None
+    ending: Ending | None = None
+    restart_after_stop: bool = False
+    delete_after_stop: bool = False  # a delete that arrived while STOPPING
+    keep_workspace: bool = False
+    force_delete: bool = False
+    retry_save: bool = False  # a datasync push of a SYNC_FAILED notebook asked for it
+    dropped: str = ""  # what a forced delete dropped
+    # Datasync ids waiting for the RUNNING phase's sync loop, in order.
+    sync_queue: list[str] = Field(default_factory=list)
+
+    def forget_intents(self) -> None:
+        """What a run taking over from a closed one does not inherit: the commands and
+        endings that closed run was acting on."""
+        self.ending = None
+        self.restart_after_stop = self.delete_after_stop = False
+        self.keep_workspace = self.force_delete = self.retry_save = False
+        self.dropped = ""
+        self.sync_queue = []
 
 
 def _check_project(value: str) -> str:
@@ -123,7 +152,7 @@ class NotebookInput(_Ids):
     created_by: Actor | None = None
     # Carried over by continue-as-new; None for a new notebook (which starts at once).
     carry: Carry | None = None
-    # Set only on the run that takes over from a run closed from outside (worker/revival.py).
+    # Set only on the run that takes over from one closed from outside (temporal_client/revival.py).
     closed: ClosedRun | None = None
 
 

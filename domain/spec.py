@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 WORKSPACE = "/workspace"
 DEFAULT_TIMEOUT_S = 7 * 24 * 3600
@@ -24,7 +25,7 @@ _LABEL_VALUE = re.compile(r"^[A-Za-z0-9._/:-]{0,63}$")
 # commas stay under it.
 MAX_LABELS_CHARS = 1800
 # What check_labels accepts, for the OpenAPI document (json_schema_extra of a labels map).
-LABELS_SCHEMA = {
+LABELS_SCHEMA: JsonDict = {
     "description": f"at most 64 labels, and {MAX_LABELS_CHARS} characters of key=value in all",
     "maxProperties": 64,
     "propertyNames": {"pattern": _LABEL_KEY.pattern},

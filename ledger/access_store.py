@@ -3,6 +3,7 @@ SQLite file as the usage records). Only a token's hash is stored; its secret is 
 
 from __future__ import annotations
 
+import builtins
 import json
 from datetime import datetime
 from typing import Literal
@@ -98,7 +99,7 @@ class AccessStore(Database):
             ).fetchone()
         return _token(row) if row else None
 
-    def list(self, project: str) -> list[StoredToken]:
+    def list(self, project: str) -> builtins.list[StoredToken]:
         with self._db() as db:
             rows = db.execute(
                 f"SELECT {', '.join(_TOKEN_COLUMNS)} FROM api_tokens WHERE project = ? "
@@ -140,7 +141,9 @@ class AccessStore(Database):
                 [row[c] for c in _AUDIT_COLUMNS],
             )
 
-    def audit(self, project: str, start: datetime, end: datetime, limit: int) -> list[AuditEntry]:
+    def audit(
+        self, project: str, start: datetime, end: datetime, limit: int
+    ) -> builtins.list[AuditEntry]:
         with self._db() as db:
             rows = db.execute(
                 f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM audit "

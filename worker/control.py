@@ -14,10 +14,11 @@ from activities.control import ControlActivities
 from activities.fleet import FleetActivities
 from domain.config import Settings
 from domain.ids import CONTROL_TASK_QUEUE
-from worker import revival
-from worker.connect import connect
+from domain.protocol import FLEET_WORKFLOW_ID
+from temporal_client import fleet_calls, revival
+from temporal_client.connect import connect
 from worker.run import run_until_signalled, setup_logging
-from workflows.fleet import FLEET_WORKFLOW_ID, FleetWorkflow
+from workflows.fleet import FleetWorkflow
 from workflows.notebook import NotebookWorkflow
 
 log = logging.getLogger("ainb.control")
@@ -45,7 +46,7 @@ async def ensure_fleet(client: Client, settings: Settings) -> None:
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary="the fleet: hosts, capacity, queue",
     )
-    await handle.execute_update(FleetWorkflow.configure, settings.fleet_input())
+    await fleet_calls.configure(handle, settings.fleet_input())
 
 
 async def sweep_closed(client: Client, settings: Settings) -> None:
@@ -61,6 +62,11 @@ async def sweep_closed(client: Client, settings: Settings) -> None:
         await asyncio.sleep(settings.reconcile_interval_s)
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("fleet not configured: %s", task.exception())
+
+
 async def amain() -> None:
     settings = Settings.load()
     settings.require_token_secret()
@@ -68,9 +74,7 @@ async def amain() -> None:
     worker = build_worker(client, settings)
     # The worker must run for the fleet to take the configure update.
     configured = asyncio.create_task(ensure_fleet(client, settings))
-    configured.add_done_callback(
-        lambda t: t.exception() and log.error("fleet not configured: %s", t.exception())
-    )
+    configured.add_done_callback(_log_failure)
     sweeper = asyncio.create_task(sweep_closed(client, settings))
     try:
         await run_until_signalled(worker, "control worker")

@@ -16,7 +16,7 @@ from activities.runtime.local_runtime import LocalRuntime
 from activities.runtime.sim_runtime import SimRuntime
 from domain.config import Settings
 from domain.ids import host_task_queue
-from worker.connect import connect
+from temporal_client.connect import connect
 from worker.editor_tunnel import EditorTunnel
 from worker.log_server import LogServer
 from worker.presence import Presence

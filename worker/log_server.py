@@ -13,7 +13,7 @@ import hmac
 import logging
 import socket
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import uvicorn
@@ -28,10 +28,14 @@ from domain.ids import valid_notebook_id
 from domain.tokens import agent_token
 
 log = logging.getLogger("ainb.logs")
-_END = object()
 # A followed stream holds a thread for as long as it lasts: they get their own pool, so
 # they can never starve the agent's other work (reconciliation uses the default one).
 MAX_STREAMS = 64
+
+
+def _next_chunk(iterator: Iterator[bytes]) -> bytes | None:
+    """The stream's next chunk, or None once it has ended (a chunk is never None)."""
+    return next(iterator, None)
 
 
 async def relay(stream: LogStream, pool: ThreadPoolExecutor, done) -> AsyncIterator[bytes]:
@@ -39,8 +43,8 @@ async def relay(stream: LogStream, pool: ThreadPoolExecutor, done) -> AsyncItera
     iterator = iter(stream)
     try:
         while True:
-            chunk = await loop.run_in_executor(pool, next, iterator, _END)
-            if chunk is _END:
+            chunk = await loop.run_in_executor(pool, _next_chunk, iterator)
+            if chunk is None:
                 return
             if chunk:
                 yield chunk

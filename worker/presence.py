@@ -19,10 +19,9 @@ from domain import search_attributes as sa
 from domain.config import Settings
 from domain.fleet import HostInventory
 from domain.ids import host_task_queue, valid_notebook_id, workflow_id
+from domain.protocol import NOTEBOOK_WORKFLOW_TYPE
 from domain.states import NotebookState
-from domain.status import Notebook
-from worker import revival
-from workflows.fleet import FLEET_WORKFLOW_ID, FleetWorkflow
+from temporal_client import fleet_calls, notebook_calls, revival
 
 log = logging.getLogger("ainb.presence")
 
@@ -99,7 +98,7 @@ class Presence:
         self._editor_tunnel = editor_tunnel
         self._settings = settings
         self._runtime = runtime
-        self._fleet = client.get_workflow_handle(FLEET_WORKFLOW_ID)
+        self._fleet = fleet_calls.fleet(client)
 
     async def run(self) -> None:
         """Reconcile, register, then heartbeat; reconcile again now and then, and before
@@ -114,15 +113,12 @@ class Presence:
                     await self.reconcile()
                     next_reconcile = loop.time() + s.reconcile_interval_s
                 if not registered:
-                    await self._fleet.execute_update(
-                        FleetWorkflow.register_host,
-                        inventory(s, self._logs_url, self._editor_tunnel),
+                    await fleet_calls.register_host(
+                        self._fleet, inventory(s, self._logs_url, self._editor_tunnel)
                     )
                     log.info("host %s registered with the fleet", s.host_name)
                     registered = True
-                elif not await self._fleet.execute_update(
-                    FleetWorkflow.host_heartbeat, s.host_name
-                ):
+                elif not await fleet_calls.host_heartbeat(self._fleet, s.host_name):
                     log.warning("the fleet marked host %s down: registering again", s.host_name)
                     registered = False
                     continue
@@ -174,7 +170,7 @@ class Presence:
             await loop.run_in_executor(None, shutil.rmtree, root / notebook_id, True)
 
     async def _deleted(self, notebook_id: str) -> bool:
-        query = f"WorkflowType = '{revival.WORKFLOW_TYPE}' AND {sa.ID.name} = '{notebook_id}'"
+        query = f"WorkflowType = '{NOTEBOOK_WORKFLOW_TYPE}' AND {sa.ID.name} = '{notebook_id}'"
         try:
             ids = {wf.id async for wf in self._client.list_workflows(query, limit=10)}
             if len(ids) != 1:
@@ -189,8 +185,9 @@ class Presence:
 
         Decided by the workflow's execution status, not by a query: a closed workflow
         answers queries by replaying its history, so a terminated notebook would look
-        RUNNING forever. A run closed from outside is taken over (worker/revival.py): the
-        new run stops this container through the usual teardown, after saving its data."""
+        RUNNING forever. A run closed from outside is taken over
+        (temporal_client/revival.py): the new run stops this container through the usual
+        teardown, after saving its data."""
         if not project:
             return None
         wid = workflow_id(project, notebook_id)
@@ -203,8 +200,8 @@ class Presence:
         if state == revival.Liveness.UNKNOWN:
             return None
         try:
-            nb = await self._client.get_workflow_handle(wid).query(
-                "get", result_type=Notebook, rpc_timeout=timedelta(seconds=10)
+            nb = await notebook_calls.get(
+                self._client.get_workflow_handle(wid), rpc_timeout=timedelta(seconds=10)
             )
         except Exception:
             return None

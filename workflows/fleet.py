@@ -17,14 +17,13 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from domain import activity_names as A
     from domain import fleet as F
+    from domain import protocol as P
     from domain.messages import FleetInput, FleetView, HostView
 
-FLEET_WORKFLOW_ID = "ainb-fleet"
-GRANT_SIGNAL = "capacity_granted"
 AUDIT_EVERY = timedelta(minutes=5)
 
 
-@workflow.defn(name="Fleet")
+@workflow.defn(name=P.FLEET_WORKFLOW_TYPE)
 class FleetWorkflow:
     @workflow.init
     def __init__(self, inp: FleetInput) -> None:
@@ -70,7 +69,7 @@ class FleetWorkflow:
                 continue  # released before we told it
             try:
                 await workflow.get_external_workflow_handle(grant.notebook).signal(
-                    GRANT_SIGNAL, grant
+                    P.SIGNAL_CAPACITY_GRANTED, grant
                 )
             except Exception:
                 workflow.logger.warning("notebook %s is gone: releasing", grant.notebook)
@@ -112,11 +111,11 @@ class FleetWorkflow:
 
     # ---------------------------------------------------------------- notebooks
 
-    @workflow.update
+    @workflow.update(name=P.FLEET_UPDATE_REQUEST)
     def request(self, req: F.CapacityRequest) -> F.Decision:
         return F.request(self._state, req, self._inp.flavors, self._inp.quotas, workflow.now())
 
-    @workflow.update
+    @workflow.update(name=P.FLEET_UPDATE_RELEASE)
     def release(self, notebook: str) -> bool:
         had = F.release(self._state, notebook)
         if had:
@@ -125,7 +124,7 @@ class FleetWorkflow:
 
     # -------------------------------------------------------------------- hosts
 
-    @workflow.update
+    @workflow.update(name=P.FLEET_UPDATE_REGISTER_HOST)
     def register_host(self, inventory: F.HostInventory) -> None:
         F.register(self._state, inventory, workflow.now())
         self._drain()
@@ -135,15 +134,15 @@ class FleetWorkflow:
         unknown = sorted(set(inventory.flavors) - set(self._inp.flavors))
         if unknown:
             raise ApplicationError(
-                f"flavors {unknown} are not configured", type="INVALID", non_retryable=True
+                f"flavors {unknown} are not configured", type=P.INVALID, non_retryable=True
             )
 
-    @workflow.update
+    @workflow.update(name=P.FLEET_UPDATE_HOST_HEARTBEAT)
     def host_heartbeat(self, host: str) -> bool:
         """False: the fleet does not count on this host; it must reconcile and register."""
         return F.heartbeat(self._state, host, workflow.now())
 
-    @workflow.update
+    @workflow.update(name=P.FLEET_UPDATE_CONFIGURE)
     def configure(self, inp: FleetInput) -> None:
         """New flavors, quotas or timings from the operator's configuration."""
         self._inp = inp.model_copy(update={"state": None})
@@ -151,7 +150,7 @@ class FleetWorkflow:
 
     # -------------------------------------------------------------------- reads
 
-    @workflow.query
+    @workflow.query(name=P.FLEET_QUERY_VIEW)
     def view(self) -> FleetView:
         hosts = []
         for name, h in sorted(self._state.hosts.items()):
@@ -175,7 +174,7 @@ class FleetWorkflow:
             flavors=F.usage(self._state, self._inp.flavors),
         )
 
-    @workflow.query
+    @workflow.query(name=P.FLEET_QUERY_POSITION)
     def position(self, notebook: str) -> F.Decision | None:
         pos = F.position(self._state, notebook)
         if pos is None:
@@ -188,6 +187,6 @@ class FleetWorkflow:
             waiting_for=F.waiting_for(self._state, req, flavor),
         )
 
-    @workflow.query
+    @workflow.query(name=P.FLEET_QUERY_PROJECT_GPUS)
     def project_gpus(self, project: str) -> int:
         return F.project_gpus(self._state, project, self._inp.flavors)

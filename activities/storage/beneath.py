@@ -35,6 +35,7 @@ import stat
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
@@ -91,7 +92,7 @@ class _OpenHow(ctypes.Structure):
     ]
 
 
-_syscall = None
+_syscall: Callable[..., int] | None = None  # libc's syscall(), set by the probe
 _openat2_state: bool | None = None  # None: not probed yet
 _probe_lock = threading.Lock()
 
@@ -100,8 +101,11 @@ def _raw_openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -
     # openat2 wants mode 0 unless a file may be created (O_TMPFILE includes O_DIRECTORY)
     creates = flags & os.O_CREAT or (_O_TMPFILE and flags & _O_TMPFILE == _O_TMPFILE)
     how = _OpenHow(flags, mode if creates else 0, resolve)
+    syscall = _syscall
+    if syscall is None:
+        raise OSError(errno.ENOSYS, "openat2 was not probed")
     while True:
-        fd = _syscall(_SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
+        fd = syscall(_SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
         if fd >= 0:
             return fd
         err = ctypes.get_errno()

@@ -24,6 +24,7 @@ from typing import Any
 
 from activities.storage import sync
 from activities.storage.errors import StorageError
+from activities.storage.sync.common import _avoid_empty_expect_continue
 
 
 def _split_s3(url: str) -> tuple[str, str]:
@@ -66,7 +67,7 @@ class _LazyClient:
     def __getattr__(self, name: str) -> Any:
         if self._real is None:
             self._real = _client(*self._args)
-            sync._avoid_empty_expect_continue(self._real)
+            _avoid_empty_expect_continue(self._real)
         return getattr(self._real, name)
 
 

@@ -27,24 +27,26 @@ and multi-GiB files at disk speed are possible from one Python thread.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import html
 import io
 import os
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from typing import Any
-from urllib.parse import quote, unquote_plus, urlsplit
-from xml.etree import ElementTree
+from urllib.parse import quote, urlsplit
 
 from awscrt import auth, http, s3
 from awscrt import io as crt_io
-from awscrt.exceptions import AwsCrtError
-from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import NoCredentialsError
+
+from activities.storage.crt_listing import parse_list_page
+from activities.storage.crt_transfer import (
+    FD_PATH,
+    CrtCancelled,
+    CrtFileError,
+    FdReader,
+    Transfer,
+)
 
 __all__ = ["CrtCancelled", "CrtEngine", "CrtFileError", "Transfer"]
 
@@ -56,153 +58,6 @@ PART_SIZE = 8 * MiB
 MEMORY_LIMIT = 256 * MiB  # the minimum the CRT accepts
 
 _LIST_PAGE = 1000
-
-# CRT error names that mean the endpoint could not be reached at all.
-_CONNECT_ERRORS = re.compile(
-    r"CONNECTION_REFUSED|HOST_UNREACHABLE|NETWORK_UNREACHABLE|DNS|NO_ADDRESS|"
-    r"SOCKET_TIMEOUT|CONNECT_TIMEOUT|ADDRESS_FAMILY|NO_ROUTE|CONNECTION_ABORTED"
-)
-_IO_ERRORS = re.compile(
-    r"SOCKET|CONNECTION|HTTP|TLS|TIMEOUT|BROKEN_PIPE|STREAM|NETWORK|IO_EOF|"
-    r"S3_INTERNAL_ERROR|S3_SLOW_DOWN|S3_REQUEST_TIME_TOO_SKEWED|S3_INVALID_RESPONSE"
-)
-
-
-class CrtCancelled(Exception):
-    """The request was cancelled (``Transfer.cancel()``)."""
-
-
-class CrtFileError(OSError):
-    """The CRT could not read the local file it was asked to upload."""
-
-
-class Transfer:
-    """One in-flight request.  ``finished`` is True once the result fields are final."""
-
-    __slots__ = (
-        "_body_error",
-        "_cancelled",
-        "_engine_endpoint",
-        "_on_done",
-        "_request",
-        "body_bytes",
-        "context",
-        "error",
-        "fd",
-        "finished",
-        "headers",
-        "status",
-    )
-
-    def __init__(self, context: Any, fd: int | None, on_done: Callable[[Transfer], None]) -> None:
-        self._request: Any = None
-        self._cancelled = False
-        self.context = context
-        self.fd = fd
-        self.finished = False
-        self.error: BaseException | None = None
-        self.headers: dict[str, str] = {}
-        self.status: int | None = None
-        self.body_bytes = 0
-        self._on_done = on_done
-        self._body_error: BaseException | None = None
-        self._engine_endpoint = ""
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        req = self._request
-        if req is not None and not self.finished:
-            with contextlib.suppress(Exception):
-                req.cancel()
-
-    # -- CRT callbacks (CRT threads) ----------------------------------------
-
-    def _headers(self, status_code: int, headers: list[tuple[str, str]], **kwargs: Any) -> None:
-        _pin_thread_state()
-        self.status = status_code
-        self.headers = {k.lower(): v for k, v in headers}
-
-    def _body(self, chunk: Any, offset: int, **kwargs: Any) -> None:
-        if self._body_error is not None:
-            return
-        try:
-            view = memoryview(chunk)
-            pos = offset
-            while view:
-                n = os.pwrite(self.fd, view, pos)  # type: ignore[arg-type]
-                view = view[n:]
-                pos += n
-            self.body_bytes += len(chunk)
-        except BaseException as exc:  # e.g. disk full: stop the request, report it
-            self._body_error = exc
-            req = self._request
-            if req is not None:
-                with contextlib.suppress(Exception):
-                    req.cancel()
-
-    def _done(self, error: BaseException | None = None, **kwargs: Any) -> None:
-        _pin_thread_state()
-        status = kwargs.get("status_code")
-        if status is not None and self.status is None:
-            self.status = status
-        if self._body_error is not None:
-            self.error = self._body_error
-        elif error is not None:
-            self.error = _convert_error(
-                error,
-                status,
-                kwargs.get("error_headers"),
-                kwargs.get("error_body"),
-                kwargs.get("error_operation_name"),
-                self._engine_endpoint,
-                self._cancelled,
-            )
-        self.finished = True
-        try:
-            self._on_done(self)
-        finally:
-            self._request = None  # break the reference cycle with the native request
-
-
-_FD_PATH = re.compile(r"/proc/self/fd/[0-9]+")
-
-
-class _FdReader(io.RawIOBase):
-    """An already open file as a body stream, read with ``pread`` from offset 0 (never
-    reopened by path, the caller's descriptor left open and its offset untouched)."""
-
-    def __init__(self, fd: int) -> None:
-        super().__init__()
-        self._fd = fd
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            self._pos = offset
-        elif whence == io.SEEK_CUR:
-            self._pos += offset
-        else:
-            self._pos = os.fstat(self._fd).st_size + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buf: Any) -> int:
-        data = os.pread(self._fd, len(buf), self._pos)
-        n = len(data)
-        buf[:n] = data
-        self._pos += n
-        return n
-
-    def close(self) -> None:  # the descriptor is the caller's
-        super().close()
 
 
 def _event_loop_threads() -> int:
@@ -218,131 +73,6 @@ def _event_loop_threads() -> int:
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 2
     return max(1, min(4, cpus - 1))
-
-
-_pinned_threads: set[int] = set()
-
-
-def _pin_thread_state() -> None:
-    """Keep a Python thread state alive on this CRT thread for its whole life.
-
-    Each callback from a native thread otherwise creates and destroys a thread
-    state (PyGILState_Ensure/Release), which on Python 3.11 also maps and unmaps
-    a 16 KiB frame stack: three mmap/munmap pairs (with TLB shootdowns across
-    the CRT's threads) per request, the largest system-time cost of pulling
-    many small files.  One extra Ensure, never released, makes the state
-    permanent; the CRT's event-loop threads live as long as the process.
-    """
-    tid = threading.get_ident()
-    if tid not in _pinned_threads:
-        _pinned_threads.add(tid)
-        ctypes.pythonapi.PyGILState_Ensure()
-
-
-def _convert_error(
-    error: BaseException,
-    status: int | None,
-    headers: list[tuple[str, str]] | None,
-    body: bytes | None,
-    operation: str | None,
-    endpoint: str,
-    cancelled: bool,
-) -> BaseException:
-    name = getattr(error, "name", "") or type(error).__name__
-    if cancelled or name == "AWS_ERROR_S3_CANCELED":
-        return CrtCancelled(name)
-    if status is not None and status >= 300:
-        code, message = str(status), ""
-        if body:
-            with contextlib.suppress(ElementTree.ParseError, ValueError):
-                root = ElementTree.fromstring(body)
-                code = root.findtext("Code") or code
-                message = root.findtext("Message") or ""
-        hdrs = {k.lower(): v for k, v in headers or ()}
-        if status == 404 and not body and operation in ("HeadObject", "GetObject"):
-            code = "404"
-        response = {
-            "Error": {"Code": code, "Message": message},
-            "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": hdrs},
-        }
-        return ClientError(response, operation or "S3Request")  # type: ignore[arg-type]
-    if _CONNECT_ERRORS.search(name):
-        return EndpointConnectionError(endpoint_url=f"{endpoint} ({name})")
-    if "FILE" in name or "NO_PERMISSION" in name or name.startswith("AWS_ERROR_S3_INCORRECT"):
-        return CrtFileError(f"{name}: {getattr(error, 'message', error)}")
-    if _IO_ERRORS.search(name):
-        return ConnectionError(f"{name}: {getattr(error, 'message', error)}")
-    return error if isinstance(error, AwsCrtError) else ConnectionError(str(error))
-
-
-_LM_CACHE: dict[str, str] = {}
-
-
-def _lm_text(value: str) -> str:
-    """ListObjectsV2 LastModified -> the text boto3 gave (``datetime.isoformat()``)."""
-    out = _LM_CACHE.get(value)
-    if out is None:
-        try:
-            out = datetime.fromisoformat(value.strip()).isoformat()
-        except ValueError:
-            out = value
-        if len(_LM_CACHE) > 100_000:
-            _LM_CACHE.clear()
-        _LM_CACHE[value] = out
-    return out
-
-
-_CONTENTS_RE = re.compile(rb"<Contents>(.*?)</Contents>", re.S)
-_FIELD_RES = {
-    name: re.compile(rb"<" + name + rb">(.*?)</" + name + rb">", re.S)
-    for name in (b"Key", b"Size", b"ETag", b"LastModified")
-}
-_PREFIX_RE = re.compile(rb"<CommonPrefixes>\s*<Prefix>(.*?)</Prefix>", re.S)
-
-
-def _text(raw: bytes) -> str:
-    text = raw.decode("utf-8")
-    return html.unescape(text) if "&" in text else text
-
-
-def _parse_list_fast(body: bytes) -> tuple[list, list, bool, str | None, bool] | None:
-    """Regex parse of a ListObjectsV2 page (several times faster than ElementTree).
-
-    Returns None when the page does not look as expected (the caller then uses
-    ElementTree).
-    """
-    head_end = body.find(b"<Contents>")
-    if head_end < 0:
-        return None  # no objects: rare and cheap, leave it to ElementTree
-    objects = []
-    key_re, size_re, etag_re, lm_re = (
-        _FIELD_RES[n] for n in (b"Key", b"Size", b"ETag", b"LastModified")
-    )
-    for m in _CONTENTS_RE.finditer(body):
-        block = m.group(1)
-        k, z, e, lm = (
-            key_re.search(block),
-            size_re.search(block),
-            etag_re.search(block),
-            lm_re.search(block),
-        )
-        if k is None or z is None:
-            return None
-        objects.append(
-            (
-                _text(k.group(1)),
-                int(z.group(1)),
-                _text(e.group(1)).strip().strip('"') if e else "",
-                _lm_text(lm.group(1).decode()) if lm else "",
-            )
-        )
-    tail = body[body.rfind(b"</Contents>") :]
-    head = body[:head_end] + tail
-    encoded = b"<EncodingType>url</EncodingType>" in head
-    truncated = b"<IsTruncated>true</IsTruncated>" in head
-    tok = re.search(rb"<NextContinuationToken>(.*?)</NextContinuationToken>", head, re.S)
-    prefixes = [_text(p) for p in _PREFIX_RE.findall(tail)]
-    return objects, prefixes, truncated, _text(tok.group(1)) if tok else None, encoded
 
 
 class CrtEngine:
@@ -523,7 +253,7 @@ class CrtEngine:
         # The CRT opens files by path itself: only ever give it /proc/self/fd/N of a
         # descriptor the caller opened safely (a path could be a symlink by then).
         for p in (send_filepath, recv_filepath):
-            if p is not None and not _FD_PATH.fullmatch(p):
+            if p is not None and not FD_PATH.fullmatch(p):
                 raise ValueError(f"the CRT only gets /proc/self/fd/N paths, not {p!r}")
         hdrs = http.HttpHeaders([("Host", self.host), *headers])
         stream = io.BytesIO(body) if body is not None else body_stream
@@ -636,7 +366,7 @@ class CrtEngine:
             self._path(bucket, key),
             hdrs,
             body=body if send_filepath is None and body_fd is None else None,
-            body_stream=None if body_fd is None else _FdReader(body_fd),
+            body_stream=None if body_fd is None else FdReader(body_fd),
             send_filepath=send_filepath,
             on_progress=on_progress,
         )
@@ -716,7 +446,11 @@ class CrtEngine:
             query = "&".join(f"{k}={quote(v, safe='-_.~')}" for k, v in sorted(params))
             chunks: list[bytes] = []
             finished = threading.Event()
-            t = Transfer(None, None, lambda _t, finished=finished: finished.set())
+
+            def on_done(_t: Transfer, finished: threading.Event = finished) -> None:
+                finished.set()
+
+            t = Transfer(None, None, on_done)
 
             def on_body(chunk: Any, offset: int, chunks: list = chunks, **kw: Any) -> None:
                 chunks.append(bytes(chunk))
@@ -735,39 +469,7 @@ class CrtEngine:
             finished.wait()
             if t.error is not None:
                 raise t.error
-            body = b"".join(chunks)
-            fast = _parse_list_fast(body)
-            if fast is not None:
-                objects, prefixes, truncated, token, encoded = fast
-                if encoded:
-                    objects = [(unquote_plus(k), z, e, lm) for k, z, e, lm in objects]
-                    prefixes = [unquote_plus(p) for p in prefixes]
-                yield objects, prefixes
-                if not truncated or not token:
-                    return
-                continue
-            root = ElementTree.fromstring(body)
-            ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-            encoded = (root.findtext(f"{ns}EncodingType") or "").lower() == "url"
-
-            def dec(value: str, encoded: bool = encoded) -> str:
-                return unquote_plus(value) if encoded else value
-
-            objects = []
-            for c in root.iter(f"{ns}Contents"):
-                objects.append(
-                    (
-                        dec(c.findtext(f"{ns}Key") or ""),
-                        int(c.findtext(f"{ns}Size") or 0),
-                        (c.findtext(f"{ns}ETag") or "").strip().strip('"'),
-                        _lm_text(c.findtext(f"{ns}LastModified") or ""),
-                    )
-                )
-            prefixes = [
-                dec(p.findtext(f"{ns}Prefix") or "") for p in root.iter(f"{ns}CommonPrefixes")
-            ]
+            objects, prefixes, truncated, token = parse_list_page(b"".join(chunks))
             yield objects, prefixes
-            truncated = (root.findtext(f"{ns}IsTruncated") or "").lower() == "true"
-            token = root.findtext(f"{ns}NextContinuationToken")
             if not truncated or not token:
                 return

@@ -21,8 +21,18 @@ router = APIRouter(
 )
 
 
-def _caller(action: Action):
-    return Annotated[Principal, Depends(allow(action))]
+# Who may take each action in the path's project (401/403 otherwise; see api.auth.allow).
+CreateCaller = Annotated[Principal, Depends(allow(Action.CREATE))]
+ListCaller = Annotated[Principal, Depends(allow(Action.LIST))]
+GetCaller = Annotated[Principal, Depends(allow(Action.GET))]
+StartCaller = Annotated[Principal, Depends(allow(Action.START))]
+StopCaller = Annotated[Principal, Depends(allow(Action.STOP))]
+DatasyncCaller = Annotated[Principal, Depends(allow(Action.DATASYNC))]
+LabelCaller = Annotated[Principal, Depends(allow(Action.LABEL))]
+PatchCaller = Annotated[Principal, Depends(allow(Action.PATCH))]
+LogsCaller = Annotated[Principal, Depends(allow(Action.LOGS))]
+DeleteCaller = Annotated[Principal, Depends(allow(Action.DELETE))]
+RotateTokenCaller = Annotated[Principal, Depends(allow(Action.ROTATE_TOKEN))]
 
 
 def _labels(selectors: list[str]) -> dict[str, str]:
@@ -45,7 +55,7 @@ async def create_notebook(
     spec: NotebookSpec,
     service: Service,
     request: Request,
-    caller: _caller(Action.CREATE),
+    caller: CreateCaller,
 ) -> Notebook:
     notebook = await service.create(project, spec, caller)
     request.state.audit_notebook = notebook.id
@@ -56,7 +66,7 @@ async def create_notebook(
 async def list_notebooks(
     project: Project,
     service: Service,
-    caller: _caller(Action.LIST),
+    caller: ListCaller,
     state: NotebookState | None = None,
     label: Annotated[
         list[str],
@@ -71,21 +81,21 @@ async def list_notebooks(
 
 @router.get("/{notebook_id}", response_model=Notebook)
 async def get_notebook(
-    project: Project, notebook_id: str, service: Service, caller: _caller(Action.GET)
+    project: Project, notebook_id: str, service: Service, caller: GetCaller
 ) -> Notebook:
     return await service.get(project, notebook_id, caller)
 
 
 @router.post("/{notebook_id}/start", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook)
 async def start_notebook(
-    project: Project, notebook_id: str, service: Service, caller: _caller(Action.START)
+    project: Project, notebook_id: str, service: Service, caller: StartCaller
 ) -> Notebook:
     return await service.start(project, notebook_id, caller)
 
 
 @router.post("/{notebook_id}/stop", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook)
 async def stop_notebook(
-    project: Project, notebook_id: str, service: Service, caller: _caller(Action.STOP)
+    project: Project, notebook_id: str, service: Service, caller: StopCaller
 ) -> Notebook:
     return await service.stop(project, notebook_id, caller)
 
@@ -98,7 +108,7 @@ async def datasync_notebook(
     notebook_id: str,
     req: DataSyncRequest,
     service: Service,
-    caller: _caller(Action.DATASYNC),
+    caller: DatasyncCaller,
 ) -> Notebook:
     """Push or pull now, while RUNNING (`volume`: a mount path or `workspace`; omitted:
     every volume the direction applies to, and the workspace for a push). Progress shows
@@ -112,7 +122,7 @@ async def set_labels(
     notebook_id: str,
     req: LabelsRequest,
     service: Service,
-    caller: _caller(Action.LABEL),
+    caller: LabelCaller,
 ) -> Notebook:
     """Replace the notebook's labels (`{"labels": {}}` removes them all)."""
     return await service.set_labels(project, notebook_id, req, caller)
@@ -124,7 +134,7 @@ async def patch_notebook(
     notebook_id: str,
     changes: PatchRequest,
     service: Service,
-    caller: _caller(Action.PATCH),
+    caller: PatchCaller,
 ) -> Notebook:
     """Change `timeout` or `timeout_auto_restart`; they take effect from the next start."""
     return await service.patch(project, notebook_id, changes, caller)
@@ -140,7 +150,7 @@ async def notebook_logs(
     notebook_id: str,
     logs: Logs,
     service: Service,
-    caller: _caller(Action.LOGS),
+    caller: LogsCaller,
     follow: bool = False,
     tail: Annotated[int | None, Query(ge=0, description="lines from the end; all if unset")] = None,
 ) -> StreamingResponse:
@@ -157,7 +167,7 @@ async def delete_notebook(
     project: Project,
     notebook_id: str,
     service: Service,
-    caller: _caller(Action.DELETE),
+    caller: DeleteCaller,
     keep_workspace: bool = False,
     force: Annotated[
         bool,
@@ -179,7 +189,7 @@ async def rotate_notebook_token(
     notebook_id: str,
     service: Service,
     request: Request,
-    caller: _caller(Action.ROTATE_TOKEN),
+    caller: RotateTokenCaller,
 ) -> Notebook:
     """A new link token (status.url): the old link, and every editor session opened with
     it, stop working at once on this API process and within 2 s on others; the editor

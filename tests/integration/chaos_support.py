@@ -28,6 +28,7 @@ from activities.runtime.docker_runtime import MANAGED_LABEL, NOTEBOOK_LABEL, PRO
 from domain.config import JUPYTERLAB_IMAGE, VSCODE_IMAGE
 from domain.ids import workflow_id, workspace_prefix
 from tests.integration.conftest import FAST_TIMINGS
+from tests.support import eventually
 from worker.stack import Ports, Stack
 
 log = logging.getLogger("ainb.chaos")
@@ -232,22 +233,18 @@ class Editor:
         self.budget_s = budget_s
 
     def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
-        deadline = time.monotonic() + self.budget_s
-        while True:
-            try:
-                r = httpx.request(
-                    method, self.root + path, headers=self.headers, timeout=30, **kwargs
-                )
-                if r.status_code < 500:
-                    return r
-                problem = f"{r.status_code} {r.text[:200]}"
-            except httpx.TransportError as err:
-                problem = repr(err)
-            assert time.monotonic() < deadline, (
-                f"{method} {path}: expected the editor to answer within {self.budget_s:.0f}s: "
-                f"{problem}"
-            )
-            time.sleep(1)
+        def answered() -> httpx.Response:
+            r = httpx.request(method, self.root + path, headers=self.headers, timeout=30, **kwargs)
+            assert r.status_code < 500, f"{r.status_code} {r.text[:200]}"
+            return r
+
+        return eventually(
+            answered,
+            timeout=self.budget_s,
+            interval=1,
+            retry_on=(AssertionError, httpx.TransportError),
+            what=f"{method} {path}: the editor to answer",
+        )
 
     def write(self, path: str, content: str) -> None:
         parent = path.rpartition("/")[0]

@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from activities.runtime.docker_runtime import (
     engine_answers,
 )
 from domain.config import JUPYTERLAB_IMAGE, PYTORCH_IMAGES, VSCODE_IMAGE
+from tests.support import eventually
 from worker.stack import Ports, Stack, free_port
 
 REQUIRE_DOCKER = os.environ.get("AINB_REQUIRE_DOCKER") == "1"
@@ -194,22 +194,28 @@ class Notebooks:
         )
 
     def wait(self, notebook_id: str, *states: str, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
         seen: list[str] = []
-        while time.monotonic() < deadline:
+        last: dict = {}
+
+        def reached() -> dict | None:
+            nonlocal last
             r = self.get(notebook_id)
             if r.status_code == 404 and "DELETED" in states:
                 return {"status": {"state": "DELETED"}}
             assert r.status_code == 200, r.text
-            nb = r.json()
-            state = nb["status"]["state"]
+            last = r.json()
+            state = last["status"]["state"]
             if not seen or seen[-1] != state:
                 seen.append(state)
-            if state in states:
-                return nb
-            time.sleep(0.2)
-        raise AssertionError(
-            f"{notebook_id} never reached {states}; saw {seen}; last {nb['status']}"
+            return last if state in states else None
+
+        return eventually(
+            reached,
+            timeout=timeout,
+            interval=0.2,
+            retry_on=(),  # an answer other than 200 fails at once
+            what=f"{notebook_id} to reach {states}",
+            detail=lambda: f"saw {seen}; last {last.get('status')}",
         )
 
     def datasync(self, notebook_id: str, **body) -> dict:
@@ -218,13 +224,12 @@ class Notebooks:
         assert r.status_code == 202, r.text
         job = r.json()["status"]["datasyncs"][-1]
         assert job["state"] in ("queued", "running", "done")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+
+        def finished() -> dict | None:
             jobs = {d["id"]: d for d in self.get(notebook_id).json()["status"]["datasyncs"]}
-            if jobs[job["id"]]["state"] in ("done", "failed"):
-                return jobs[job["id"]]
-            time.sleep(0.2)
-        raise AssertionError(f"datasync {job} never finished")
+            return jobs[job["id"]] if jobs[job["id"]]["state"] in ("done", "failed") else None
+
+        return eventually(finished, timeout=90, interval=0.2, what=f"datasync {job} to finish")
 
     def containers(self, notebook_id: str) -> list:
         return self.docker.containers.list(

@@ -19,6 +19,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.integration.conftest import Notebooks
+from tests.support import eventually
 from worker.stack import Stack
 
 pytestmark = pytest.mark.docker
@@ -132,10 +133,12 @@ def _gone(admin: httpx.Client, project: str, notebook_id: str) -> None:
     """Deleted, and out of the project's GPU quota, before the next call makes another."""
     path = f"/v1/projects/{project}/notebooks/{notebook_id}"
     admin.delete(path)
-    deadline = time.monotonic() + 60
-    while admin.get(path).status_code != 404:
-        assert time.monotonic() < deadline, f"{notebook_id} was never deleted"
-        time.sleep(0.2)
+    eventually(
+        lambda: admin.get(path).status_code == 404,
+        timeout=60,
+        interval=0.2,
+        what=f"{notebook_id} to be deleted",
+    )
 
 
 def _gateway_http(w: World, who: str, headers: dict[str, str]) -> int:
@@ -290,11 +293,8 @@ CACHE_S = 5  # api.auth.TOKEN_CACHE_S: what another API process may take to noti
 
 def _status_until(call: Callable[[], int], want: int, within_s: float) -> float:
     started = time.monotonic()
-    while time.monotonic() - started < within_s:
-        if call() == want:
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise AssertionError(f"never {want} within {within_s} s")
+    eventually(lambda: call() == want, timeout=within_s, interval=0.2, what=f"a {want}")
+    return time.monotonic() - started
 
 
 def test_revocation_and_expiry_take_effect_within_one_cache_interval(world: World) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
 import pytest
 
 from tests.integration.conftest import Notebooks
+from tests.support import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -83,18 +84,23 @@ def test_list_filters_by_state_and_label(notebooks: Notebooks) -> None:
         assert r.status_code == 200, r.text
         return {n["id"] for n in r.json()}
 
-    def eventually(check) -> None:
-        # Lists come from Temporal's visibility store, which trails a transition briefly.
-        deadline = time.monotonic() + 10
-        while not check():
-            assert time.monotonic() < deadline, (
+    def listed(check: Callable[[], bool], what: str) -> None:
+        # Lists come from Temporal's visibility store, which trails a transition briefly;
+        # a failing list request fails at once (retry_on=()).
+        eventually(
+            check,
+            timeout=10,
+            interval=0.2,
+            retry_on=(),
+            what=what,
+            detail=lambda: (
                 ids(),
                 ids(state="RUNNING"),
                 ids(state="STOPPED"),
                 a["id"],
                 b["id"],
-            )
-            time.sleep(0.2)
+            ),
+        )
 
     assert {a["id"], b["id"]} <= ids()
     # the state filter agrees with GET at once
@@ -109,15 +115,15 @@ def test_list_filters_by_state_and_label(notebooks: Notebooks) -> None:
     # labels are changed on an existing notebook, and lists follow
     r = notebooks.api.put(f"{notebooks.base}/{b['id']}/labels", json={"labels": {"team": "nlp"}})
     assert r.status_code == 200 and r.json()["spec"]["labels"] == {"team": "nlp"}, r.text
-    eventually(lambda: ids(label="team=nlp") == {a["id"], b["id"]})
-    eventually(lambda: ids(label="team=cv") == set())
+    listed(lambda: ids(label="team=nlp") == {a["id"], b["id"]}, "team=nlp to list both")
+    listed(lambda: ids(label="team=cv") == set(), "team=cv to list none")
     r = notebooks.api.put(f"{notebooks.base}/{a['id']}/labels", json={"labels": {}})
     assert r.status_code == 200 and r.json()["spec"]["labels"] == {}
-    eventually(lambda: ids(label="tier=gold") == set())
+    listed(lambda: ids(label="tier=gold") == set(), "tier=gold to list none")
     r = notebooks.api.put(f"{notebooks.base}/{a['id']}/labels", json={"labels": {"bad key": "x"}})
     assert r.status_code == 422 and r.json()["field"] == "labels", r.text
     for n in (a, b):
         notebooks.delete(n["id"])
     for n in (a, b):
         notebooks.wait(n["id"], "DELETED")
-    eventually(lambda: not {a["id"], b["id"]} & ids())
+    listed(lambda: not {a["id"], b["id"]} & ids(), "the deleted to leave the list")

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import eventually
 from worker.stack import Ports, Stack
 
 # Test cases per operation and phase: ~25 s of fuzzing, ~45 s with the stack, on two cores.
@@ -50,10 +51,12 @@ def _created(r: httpx.Response) -> dict:
 
 
 def _running(api: httpx.Client, base: str, notebook_id: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while (state := api.get(f"{base}/{notebook_id}").json()["status"]["state"]) != "RUNNING":
-        assert time.monotonic() < deadline, f"notebook {notebook_id} is {state}"
-        time.sleep(0.2)
+    def running() -> bool:
+        state = api.get(f"{base}/{notebook_id}").json()["status"]["state"]
+        assert state == "RUNNING", f"notebook {notebook_id} is {state}"
+        return True
+
+    eventually(running, timeout=timeout, interval=0.2, what=f"{notebook_id} to be RUNNING")
 
 
 # positive_data_acceptance wants a 2xx for every input the document allows; these

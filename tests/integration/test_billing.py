@@ -14,6 +14,7 @@ import pytest
 
 from domain.billing import billed_minutes
 from tests.integration.conftest import Notebooks
+from tests.support import eventually
 from worker.stack import Stack
 
 pytestmark = pytest.mark.docker
@@ -82,10 +83,11 @@ def test_killed_between_ledger_write_and_ack_counts_once(
     stack.start_control_worker()
     assert notebooks.command(nid, "stop").status_code == 202
     ledger = stack.data_dir / "ledger.sqlite"
-    deadline = time.monotonic() + 60
-    while not _final_record_written(ledger, nid):
-        assert time.monotonic() < deadline, "the final record was never written"
-        time.sleep(0.1)
+    eventually(
+        lambda: _final_record_written(ledger, nid),
+        timeout=60,
+        what="the final record to be written",
+    )
     stack.kill("control-worker", signal.SIGKILL)
     del stack.extra_env["AINB_FAILPOINT_AFTER_LEDGER_WRITE_S"]
     stack.start_control_worker()
@@ -115,9 +117,13 @@ def test_host_lost_is_billed_to_the_last_heartbeat(notebooks: Notebooks, stack: 
         # bound: heartbeat timeout (5 s) + pickup timeout + a retry
         assert noticed_after < 5 + 15 + 15, noticed_after
         # The workflow shows ERROR, then writes the period's last record to the ledger.
-        deadline = time.monotonic() + 10
-        while not (periods := _usage(notebooks, nid)["periods"]) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        periods = eventually(
+            lambda: _usage(notebooks, nid)["periods"],
+            timeout=10,
+            interval=0.2,
+            retry_on=(),
+            what="the period's last record",
+        )
         [period] = periods
         ended = datetime.fromisoformat(period["ended_at"]).timestamp()
         assert killed_at - 2.5 <= ended <= killed_at + 0.5  # the last heartbeat, not the notice

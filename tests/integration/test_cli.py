@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from datetime import datetime, timedelta
 
 import pytest
 
 from tests.integration.conftest import Notebooks, ainb
+from tests.support import eventually
 from worker.stack import Stack, free_port
 
 pytestmark = pytest.mark.docker
@@ -20,14 +20,6 @@ pytestmark = pytest.mark.docker
 def _ok(r: subprocess.CompletedProcess[str]) -> str:
     assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
     return r.stdout
-
-
-def _eventually(check, timeout: float = 15) -> None:
-    # Label filters come from Temporal's visibility store, which trails changes briefly.
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
 
 
 def test_capabilities(cli) -> None:
@@ -100,7 +92,15 @@ def test_a_notebook_through_its_life(cli, notebooks: Notebooks) -> None:
     def listed(*args: str) -> set[str]:
         return {n["id"] for n in json.loads(_ok(cli("ls", *args, "-o", "json")))}
 
-    _eventually(lambda: listed("-l", "team=cli") == {notebook_id})
+    # Label filters come from Temporal's visibility store, which trails changes briefly;
+    # a failing `ainb ls` fails at once (retry_on=()).
+    eventually(
+        lambda: listed("-l", "team=cli") == {notebook_id},
+        timeout=15,
+        interval=0.3,
+        retry_on=(),
+        what="the team=cli filter to list the notebook",
+    )
     assert notebook_id in listed("--state", "running", "-l", "tier=gold")
     assert notebook_id not in listed("--state", "STOPPED")
     assert notebook_id in _ok(cli("ls", "-l", "team=cli"))
@@ -108,7 +108,13 @@ def test_a_notebook_through_its_life(cli, notebooks: Notebooks) -> None:
     out = _ok(cli("label", notebook_id, "tier-", "owner=me"))
     assert out == f"{notebook_id} labels: owner=me,team=cli\n"
     assert notebooks.get(notebook_id).json()["spec"]["labels"] == {"owner": "me", "team": "cli"}
-    _eventually(lambda: notebook_id not in listed("-l", "tier=gold"))
+    eventually(
+        lambda: notebook_id not in listed("-l", "tier=gold"),
+        timeout=15,
+        interval=0.3,
+        retry_on=(),
+        what="the tier=gold filter to drop the notebook",
+    )
     r = cli("label", notebook_id, "bad key=x")
     assert r.returncode == 2 and "labels" in r.stderr and r.stderr.count("\n") == 1
 

@@ -9,6 +9,7 @@ import pytest
 
 from domain.ids import workspace_prefix
 from tests.integration.conftest import Notebooks
+from tests.support import eventually
 from worker.stack import Stack
 
 pytestmark = pytest.mark.docker
@@ -25,10 +26,12 @@ def _restart_workers(stack: Stack) -> None:
 
 
 def _wait_for_state_then(notebooks: Notebooks, nid: str, state: str) -> None:
-    deadline = time.monotonic() + 60
-    while notebooks.get(nid).json()["status"]["state"] != state:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    eventually(
+        lambda: notebooks.get(nid).json()["status"]["state"] == state,
+        timeout=60,
+        interval=0.02,
+        what=f"{nid} to be {state}",
+    )
 
 
 def test_kill_workers_while_starting_and_while_stopping(

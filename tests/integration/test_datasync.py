@@ -3,13 +3,12 @@ checkpoints, and the host's volume cache."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from domain.ids import workspace_prefix
 from tests.integration.conftest import Notebooks
 from tests.integration.s3data import bucket_keys, make_bucket
+from tests.support import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -89,15 +88,14 @@ def test_checkpoint_saves_the_workspace_while_running(notebooks: Notebooks, s3) 
         [container] = notebooks.containers(nid)
         _exec(container, "mkdir -p /workspace/work && echo epoch-3 > /workspace/work/ckpt.txt")
         prefix = workspace_prefix(notebooks.project, nid)
-        deadline = time.monotonic() + 60
-        found: dict[str, bytes] = {}
-        while time.monotonic() < deadline:
-            found = {
+        found = eventually(
+            lambda: {
                 k: v for k, v in bucket_keys(s3, "ainb-workspaces", prefix).items() if "ckpt" in k
-            }
-            if found:
-                break
-            time.sleep(1)
+            },
+            timeout=60,
+            interval=1,
+            what="a checkpoint holding work/ckpt.txt",
+        )
         assert list(found.values()) == [b"epoch-3\n"], found
         nb = notebooks.get(nid).json()
         assert nb["status"]["state"] == "RUNNING"  # a checkpoint does not stop anything

@@ -15,6 +15,7 @@ import pytest
 
 from domain.config import JUPYTERLAB_IMAGE
 from tests.integration.conftest import Notebooks
+from tests.support import eventually
 from worker.stack import Ports, Stack
 
 pytestmark = pytest.mark.docker
@@ -82,12 +83,12 @@ def _gpu(nbs: Notebooks, name: str, gpus: int) -> str:
 
 
 def _queued_info(nbs: Notebooks, nid: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+    def queued() -> dict:
         info = nbs.get(nid).json()["status"]["info"]
-        if info["code"] == "QUEUED" or time.monotonic() > deadline:
-            return info
-        time.sleep(0.1)
+        assert info["code"] == "QUEUED", info
+        return info
+
+    return eventually(queued, timeout=timeout, what=f"{nid} to be QUEUED")
 
 
 def _hosts(api: httpx.Client) -> dict[str, dict]:
@@ -178,12 +179,13 @@ def test_a_storm_of_starts_with_a_crash_never_over_allocates(
         fleet.kill("control-worker")
         ids = [f.result() for f in futures]
     fleet.start_control_worker()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def eight_running() -> list[str]:
         states = [nbs.get(i).json()["status"]["state"] for i in ids]
-        if states.count("RUNNING") == 8:
-            break
-        time.sleep(1)
+        assert states.count("RUNNING") == 8, states
+        return states
+
+    states = eventually(eight_running, timeout=120, interval=1, what="8 notebooks RUNNING")
     assert states.count("RUNNING") == 8 and states.count("STARTING") == 42, states
     _assert_books_consistent(fleet, fleet_api)
     hosts = _hosts(fleet_api)
@@ -236,10 +238,14 @@ def test_a_host_lost_for_good(fleet: Stack, fleet_api: httpx.Client, nbs: Notebo
     for nid in on_b:
         nb = nbs.wait(nid, "ERROR", timeout=90)
         assert nb["status"]["info"]["code"] == "HOST_LOST"
-    deadline = time.monotonic() + 30
-    while _hosts(fleet_api)["gpu-b"]["state"] != "down":
-        assert time.monotonic() < deadline, _hosts(fleet_api)["gpu-b"]
-        time.sleep(0.5)
+    eventually(
+        lambda: _hosts(fleet_api)["gpu-b"]["state"] == "down",
+        timeout=30,
+        interval=0.5,
+        retry_on=(),
+        what="gpu-b to be down",
+        detail=lambda: _hosts(fleet_api)["gpu-b"],
+    )
     # its capacity is not offered again: new GPU notebooks only ever go to gpu-a
     newcomer = _gpu(nbs, "after-loss", 2)
     state = nbs.wait(newcomer, "RUNNING", "STARTING")["status"]

@@ -4,7 +4,6 @@ socket like a container's editor, with none of the agent's environment."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from activities.runtime import editor_socket
 from domain.tokens import editor_token
+from tests.support import eventually
 from worker.stack import Ports, Stack
 
 
@@ -32,16 +32,15 @@ def local_stack(tmp_path_factory) -> Iterator[Stack]:
 
 
 def _wait(api: httpx.Client, path: str, state: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def reached() -> dict:
         r = api.get(path)
         if r.status_code == 404 and state == "DELETED":
-            return {}
+            return {"status": {"state": "DELETED"}}
         nb = r.json()
-        if nb["status"]["state"] == state:
-            return nb
-        time.sleep(0.2)
-    raise AssertionError(f"never reached {state}: {nb['status']}")
+        assert nb["status"]["state"] == state, f"never reached {state}: {nb['status']}"
+        return nb
+
+    return eventually(reached, timeout=timeout, interval=0.2, what=f"{path} to be {state}")
 
 
 def test_lifecycle_without_docker(local_stack: Stack) -> None:

@@ -16,6 +16,7 @@ from activities.paths import notebooks_dir
 from domain.ids import workflow_id, workspace_prefix
 from tests.integration.conftest import Notebooks
 from tests.integration.s3data import bucket_keys, make_bucket
+from tests.support import eventually
 from worker.stack import Stack
 
 pytestmark = pytest.mark.docker
@@ -45,15 +46,6 @@ def _terminate(stack: Stack, project: str, nid: str) -> None:
     asyncio.run(go())
 
 
-def _wait_until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"{what} did not happen within {timeout:.0f}s")
-
-
 def _empty_and_remove(s3, bucket: str) -> None:
     for key in bucket_keys(s3, bucket):
         s3.delete_object(Bucket=bucket, Key=key)
@@ -81,7 +73,12 @@ def test_a_terminated_running_notebook_is_saved_removed_and_shown(
     assert nb["status"]["url"] is None
 
     # Within the reconcile interval and one sync: saved, removed, capacity back.
-    _wait_until(lambda: not notebooks.containers(nid), TAKE_OVER_BOUND_S, "container removal")
+    eventually(
+        lambda: not notebooks.containers(nid),
+        timeout=TAKE_OVER_BOUND_S,
+        interval=0.5,
+        what="container removal",
+    )
     nb = notebooks.wait(nid, "ERROR", timeout=30)
     took = time.monotonic() - terminated
     assert nb["status"]["info"]["code"] == "WORKFLOW_CLOSED"
@@ -192,7 +189,12 @@ def test_what_a_lost_host_held_is_saved_before_the_next_start_reuses_it(
         stack.start_host_agent()
     # The agent's reconciliation removes the container it is not meant to run; the data
     # directory stays.
-    _wait_until(lambda: not notebooks.containers(nid), 60, "removal of the lost container")
+    eventually(
+        lambda: not notebooks.containers(nid),
+        timeout=60,
+        interval=0.5,
+        what="removal of the lost container",
+    )
 
     # A start, stopped at once while STARTING: before, the directory was removed unsaved.
     assert notebooks.command(nid, "start").status_code == 202
@@ -242,7 +244,12 @@ def test_a_deleted_notebooks_directory_left_on_a_host_is_removed(
     unknown = uuid.uuid4().hex
     (root / unknown).mkdir()
     try:
-        _wait_until(lambda: not (root / nid).exists(), 40, "removal of the deleted one's dir")
+        eventually(
+            lambda: not (root / nid).exists(),
+            timeout=40,
+            interval=0.5,
+            what="removal of the deleted one's dir",
+        )
         assert (root / unknown).is_dir()
     finally:
         shutil.rmtree(root / unknown, ignore_errors=True)

@@ -27,6 +27,7 @@ from tests.integration.chaos_support import (
     state_changes,
 )
 from tests.integration.s3data import make_bucket
+from tests.support import eventually
 from worker.stack import Stack
 
 pytestmark = pytest.mark.docker
@@ -145,10 +146,19 @@ def test_storage_down_across_a_checkpoint_keeps_running_and_saves_later(
     nb = api.wait(nid, "RUNNING")
     editor = Editor(nb)
     # Right after a checkpoint, so that the file is not in one before storage goes.
-    deadline = time.monotonic() + 60
-    while not (ws := api.get(nid)["status"]["workspace"])["last_saved_at"]:
-        assert time.monotonic() < deadline, f"expected a periodic checkpoint within 60s: {ws}"
-        time.sleep(0.3)
+
+    def checkpointed() -> dict | None:
+        ws = api.get(nid)["status"]["workspace"]
+        return ws if ws["last_saved_at"] else None
+
+    ws = eventually(
+        checkpointed,
+        timeout=60,
+        interval=0.3,
+        retry_on=(),  # api.get's own assertions fail at once
+        what="a periodic checkpoint",
+        detail=lambda: api.get(nid)["status"]["workspace"],
+    )
     content = f"checkpointed {uuid.uuid4()}\n" * 100
     editor.write("ckpt/notes.txt", content)
     with s3_down(stack):

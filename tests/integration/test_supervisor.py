@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import eventually
 from worker.stack import ROOT, free_port
 from worker.supervisor import Policy
 
@@ -114,20 +115,22 @@ def _api_answers(stack: StackProcess, timeout: float = 60) -> None:
     """/healthz, and /v1/hosts with the administrator token showing host 'local' up."""
     token = (stack.data_dir / "admin-token").read_text().strip()
     headers = {"authorization": f"Bearer {token}"}
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        try:
-            assert httpx.get(f"{stack.api_url}/healthz", timeout=5).status_code == 200
-            r = httpx.get(f"{stack.api_url}/v1/hosts", headers=headers, timeout=10)
-            last = r.text
-            if r.status_code == 200 and {"local": "up"} == {
-                h["name"]: h["state"] for h in r.json()["hosts"]
-            }:
-                return
-        except (httpx.HTTPError, AssertionError) as err:
-            last = repr(err)
-        time.sleep(0.5)
-    raise AssertionError(f"the API did not answer with host 'local' up: {last}")
+
+    def up() -> bool:
+        assert httpx.get(f"{stack.api_url}/healthz", timeout=5).status_code == 200
+        r = httpx.get(f"{stack.api_url}/v1/hosts", headers=headers, timeout=10)
+        assert r.status_code == 200 and {"local": "up"} == {
+            h["name"]: h["state"] for h in r.json()["hosts"]
+        }, r.text
+        return True
+
+    eventually(
+        up,
+        timeout=timeout,
+        interval=0.5,
+        retry_on=(httpx.HTTPError, AssertionError),
+        what="the API to answer with host 'local' up",
+    )
 
 
 def _kill_and_see_restart(stack: StackProcess, name: str, module: str) -> int:
@@ -151,13 +154,13 @@ def _kill_and_see_restart(stack: StackProcess, name: str, module: str) -> int:
 def _wait_for_log(stack: StackProcess, name: str, text: str, timeout: float = 30) -> None:
     """Until ``text`` is in the part's log after the stack last started it again."""
     log = stack.data_dir / "logs" / f"{name}.log"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def logged() -> bool:
         after = log.read_text().rsplit(f"--- ainb stack: starting {name} again ---", 1)[-1]
-        if text in after:
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"{text!r} not in {log} since the restart:\n{after[-3000:]}")
+        assert text in after, f"{text!r} not in {log} since the restart:\n{after[-3000:]}"
+        return True
+
+    eventually(logged, timeout=timeout, interval=0.25, what=f"{text!r} in {log}")
 
 
 def test_parts_are_restarted_then_given_up_and_stop_leaves_nothing(

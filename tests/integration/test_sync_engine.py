@@ -22,6 +22,9 @@ from activities.storage.errors import (
     StorageUnavailableError,
     SyncCancelled,
 )
+from activities.storage.sync.common import _Ctx
+from activities.storage.sync.error_map import _map_error
+from activities.storage.sync.manifest import _Manifest
 
 try:
     from tests.integration.s3_server import SeaweedServer, unused_port
@@ -191,7 +194,7 @@ def _incomplete(manifest) -> bool:
     """A periodic save, not the final one (on a busy machine the pull may finish between
     two looks, and a kill then would find a complete manifest)."""
     try:
-        return not sync._Manifest.read_raw(manifest)["complete"]
+        return not _Manifest.read_raw(manifest)["complete"]
     except (OSError, ValueError, KeyError, TypeError):
         return False  # not there yet, or being replaced right now: look again
 
@@ -225,7 +228,7 @@ def test_pull_killed_mid_way_resumes_without_refetching(seaweed, s3, bucket, pre
         proc.wait()
     if proc.returncode == 0:
         pytest.skip("the pull finished before it could be killed")
-    assert not sync._Manifest.read_raw(manifest)["complete"]
+    assert not _Manifest.read_raw(manifest)["complete"]
 
     stats = sync.pull(s3, bucket, prefix, dst)
     assert stats.files_skipped > 0
@@ -247,7 +250,7 @@ def _wait(t):
 
 
 def test_crt_errors_map_to_the_same_storage_errors(seaweed, s3, bucket, tmp_path):
-    ctx = sync._Ctx.make(s3, bucket, "p", tmp_path, "pull")
+    ctx = _Ctx.make(s3, bucket, "p", tmp_path, "pull")
     engine = CrtEngine.for_client(s3)
     missing = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
 
@@ -258,7 +261,7 @@ def test_crt_errors_map_to_the_same_storage_errors(seaweed, s3, bucket, tmp_path
         os.close(fd)
     assert isinstance(t.error, ClientError)
     assert t.error.response["Error"]["Code"] == "NoSuchBucket"
-    assert isinstance(sync._map_error(t.error, ctx, "downloading"), StorageAccessError)
+    assert isinstance(_map_error(t.error, ctx, "downloading"), StorageAccessError)
 
     with pytest.raises(ClientError):
         list(engine.list_pages(missing, ""))
@@ -266,11 +269,11 @@ def test_crt_errors_map_to_the_same_storage_errors(seaweed, s3, bucket, tmp_path
     # a missing object is a per-file problem, not a sync-wide one
     t = _wait(engine.head(bucket, f"missing-{uuid.uuid4().hex}", lambda _t: None))
     assert isinstance(t.error, ClientError) and t.status == 404
-    assert sync._map_error(t.error, ctx, "downloading") is None
+    assert _map_error(t.error, ctx, "downloading") is None
 
     bad = CrtEngine.for_client(seaweed.client(secret_key="wrong-secret"))
     t = _wait(bad.put(bucket, "x", [], lambda _t: None, size=1, body=b"x"))
-    mapped = sync._map_error(t.error, ctx, "uploading to")
+    mapped = _map_error(t.error, ctx, "uploading to")
     assert isinstance(mapped, StorageAccessError) and "credentials" in str(mapped)
 
     down = seaweed.client(connect_timeout=1, retries={"max_attempts": 1, "mode": "standard"})
@@ -286,7 +289,7 @@ def test_crt_errors_map_to_the_same_storage_errors(seaweed, s3, bucket, tmp_path
     )
     t = _wait(dead.put(bucket, "x", [], lambda _t: None, size=1, body=b"x"))
     assert isinstance(t.error, EndpointConnectionError)
-    assert isinstance(sync._map_error(t.error, ctx, "uploading to"), StorageUnavailableError)
+    assert isinstance(_map_error(t.error, ctx, "uploading to"), StorageUnavailableError)
 
 
 def test_server_down_mid_sync_is_unavailable(tmp_path):

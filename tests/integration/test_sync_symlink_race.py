@@ -263,7 +263,11 @@ def test_the_crt_only_ever_gets_descriptor_paths(s3, bucket, prefix, tmp_path, m
     with pytest.raises(ValueError, match="/proc/self/fd"):
         engine.put(bucket, f"{prefix}/x", [], lambda t: None, size=1, send_filepath="/etc/passwd")
     # without /proc the engine streams from the descriptor we opened (never a path)
-    monkeypatch.setattr(sync, "_HAVE_PROC_FD", False)
+    from activities.storage.sync import pull_download, push_upload
+
+    # Read where the transfers decide (a module each), not the package's re-export.
+    monkeypatch.setattr(pull_download, "_HAVE_PROC_FD", False)
+    monkeypatch.setattr(push_upload, "_HAVE_PROC_FD", False)
     src, dst = tmp_path / "src", tmp_path / "dst"
     (src / "d").mkdir(parents=True)
     data = os.urandom(20 * 1024 * 1024 + 12345)  # multipart

@@ -1,8 +1,8 @@
 """The platform's Temporal client over mutual TLS: `temporal_tls` as every process uses it
-(worker.connect.connect), against a dev server behind a TLS-terminating proxy that wants
-a client certificate. The dev server has no TLS of its own; the proxy does what a
-production server (or its load balancer) does: it verifies the client's certificate
-against the CA, offers h2 by ALPN as gRPC needs, and passes the bytes on."""
+(temporal_client.connect.connect), against a dev server behind a TLS-terminating proxy
+that wants a client certificate. The dev server has no TLS of its own; the proxy does
+what a production server (or its load balancer) does: it verifies the client's
+certificate against the CA, offers h2 by ALPN as gRPC needs, and passes the bytes on."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from domain.config import Settings, TemporalTls
-from worker.connect import connect
+from temporal_client.connect import connect
 from worker.stack import free_port
 
 SERVER_NAME = "temporal.test"

@@ -19,6 +19,7 @@ import pytest
 from domain.ids import workspace_prefix
 from tests.integration.conftest import BAD_KEYS_ALIAS, BAD_SECRET_KEY, Notebooks
 from tests.integration.s3data import bucket_keys, make_bucket
+from tests.support import eventually
 from worker.stack import Stack
 
 pytestmark = pytest.mark.docker
@@ -378,21 +379,19 @@ def test_host_agent_killed_mid_pull_resumes_without_starting_over(
         except (FileNotFoundError, ValueError, KeyError):
             return {}
 
-    deadline = time.monotonic() + 180
-    while True:
+    def some_large_done() -> set[str]:
         done = large_done()
         if len(done) == len(large_names):
             pytest.fail("the pull finished before the test could kill the agent mid-way")
-        if done:
-            break
-        assert time.monotonic() < deadline, (
-            "the pull never got half-way",
-            len(done),
-            len(complete()),
-            len(recorded()),
-            notebooks.get(nid).json()["status"],
-        )
-        time.sleep(0.005)
+        return done
+
+    eventually(
+        some_large_done,
+        timeout=180,
+        interval=0.005,
+        what="the pull to get half-way",
+        detail=lambda: (len(complete()), len(recorded()), notebooks.get(nid).json()["status"]),
+    )
     stack.kill("host-agent")  # SIGKILL, in the middle of the large files
     large_at_kill = large_done()
     on_disk = complete()

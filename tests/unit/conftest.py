@@ -11,7 +11,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from domain import search_attributes as sa
-from worker.connect import ensure_search_attributes
+from temporal_client.connect import ensure_search_attributes
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from temporalio.testing import WorkflowEnvironment
 
-from domain import codes
+from domain import codes, protocol
 from domain.fleet import Allocation
 from domain.ids import host_task_queue
 from domain.messages import DeleteRequest, StopRequest
@@ -64,7 +64,7 @@ async def test_the_grant_starts_it_on_the_granted_host(env: WorkflowEnvironment)
             memory_gib=4,
             granted_at=datetime.now(UTC),
         )
-        await handle.signal("capacity_granted", grant)
+        await handle.signal(protocol.SIGNAL_CAPACITY_GRANTED, grant)
         nb = await h.reach(handle, S.RUNNING)
         assert nb.status.host == HOST
         await handle.execute_update(NotebookWorkflow.stop, StopRequest())

@@ -1,6 +1,7 @@
-"""`temporal_tls` and what worker.connect.tls_config makes of it: plain when unset, the
-PEM files read at connect, a client certificate only with its key, and the settings as
-the environment gives them (tests/integration/test_temporal_tls.py connects for real)."""
+"""`temporal_tls` and what temporal_client.connect.tls_config makes of it: plain when
+unset, the PEM files read at connect, a client certificate only with its key, and the
+settings as the environment gives them (tests/integration/test_temporal_tls.py connects
+for real)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 from temporalio.service import TLSConfig
 
 from domain.config import Settings, TemporalTls
-from worker.connect import tls_config
+from temporal_client.connect import tls_config
 
 
 @pytest.fixture()

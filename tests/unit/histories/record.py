@@ -82,10 +82,14 @@ from domain.states import NotebookState as S
 from domain.status import Notebook, NotebookStatus, SyncProgress, SyncState
 from tests.unit.fakes import HOST, Script, fake_activities
 from tests.unit.harness import Harness
-from worker.connect import ensure_search_attributes
 from workflows.notebook import NotebookWorkflow
 
-CHECKOUT = Path(workflows.notebook.__file__).resolve().parents[1]
+try:
+    from temporal_client.connect import ensure_search_attributes
+except ImportError:  # a checkout from before temporal_client/ (2026-12)
+    from worker.connect import ensure_search_attributes  # type: ignore[no-redef]
+
+CHECKOUT = Path(workflows.__file__).resolve().parents[1]
 # The fakes and the workflow must come from the same checkout, or the recording mixes two.
 if Path(tests.unit.fakes.__file__).resolve().parents[2] != CHECKOUT:
     raise SystemExit(f"tests.unit.fakes is {tests.unit.fakes.__file__}, not under {CHECKOUT}")
@@ -967,9 +971,12 @@ async def delete_pushes_preserved(st: Stage) -> WorkflowHandle:
 @scenario("closed-taken-over", script={"instant_watch": True}, needs=("NotebookInput.closed",))
 async def closed_taken_over(st: Stage) -> WorkflowHandle:
     """RUNNING when its workflow is terminated from outside: the run that takes over
-    (worker/revival.py, from the closed run's ``carry``) saves and removes what it left,
+    (temporal_client/revival.py, from the closed run's ``carry``) saves and removes what it left,
     ERROR WORKFLOW_CLOSED; then deleted. The new run's history is the one recorded."""
-    from worker.revival import take_over
+    try:
+        from temporal_client.revival import take_over
+    except ImportError:  # a checkout from before temporal_client/ (2026-12)
+        from worker.revival import take_over  # type: ignore[no-redef]
 
     handle = await st.create()
     await st.reach(handle, S.RUNNING)

@@ -20,14 +20,13 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from domain.ids import CONTROL_TASK_QUEUE, notebook_of, workflow_id
-from domain.messages import ClosedRun, NotebookInput
+from domain.messages import ClosedRun
+from domain.protocol import MEMO_KEY, NOTEBOOK_WORKFLOW_TYPE
+from temporal_client import notebook_calls
 
 log = logging.getLogger("ainb.revival")
 
 RPC_TIMEOUT = timedelta(seconds=10)
-# The API starts notebooks under this type, with their spec in this memo key.
-WORKFLOW_TYPE = "Notebook"
-MEMO_KEY = "notebook"
 # Closed by something else than the workflow's own end (COMPLETED is DELETED).
 CLOSED_FROM_OUTSIDE = {
     WorkflowExecutionStatus.TERMINATED,
@@ -79,7 +78,7 @@ async def take_over(
     assert desc is not None
     handle = client.get_workflow_handle(wid, run_id=desc.run_id)
     try:
-        last = await handle.query("carry", result_type=NotebookInput, rpc_timeout=RPC_TIMEOUT)
+        last = await notebook_calls.carry(handle, rpc_timeout=RPC_TIMEOUT)
     except Exception as err:  # no worker to replay it now, or a run from before `carry`
         log.warning("notebook %s: cannot read its closed run's state (%s)", wid, err)
         return False
@@ -94,7 +93,7 @@ async def take_over(
     memo = await desc.memo_value(MEMO_KEY, None)
     try:
         await client.start_workflow(
-            WORKFLOW_TYPE,
+            NOTEBOOK_WORKFLOW_TYPE,
             inp,
             id=wid,
             task_queue=CONTROL_TASK_QUEUE,
@@ -121,7 +120,7 @@ async def sweep(client: Client) -> int:
     """Take over every notebook closed from outside (what no host agent finds a container
     of still holds capacity, and its GET and DELETE must work): how many were taken over."""
     query = (
-        f"WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus IN "
+        f"WorkflowType = '{NOTEBOOK_WORKFLOW_TYPE}' AND ExecutionStatus IN "
         "('Terminated', 'TimedOut', 'Failed', 'Canceled')"
     )
     seen: set[str] = set()
