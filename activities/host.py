@@ -66,6 +66,9 @@ from domain.storage_policy import volume_refusal
 from domain.tokens import editor_read_token, editor_token
 
 POLL_S = 1.0
+# Readiness: a look at the editor's socket this often, the engine asked once a second.
+READY_TICK_S = 0.05
+READY_ENGINE_POLL_S = 1.0
 _LEGACY_PREFIX = re.compile("^" + re.escape(GATEWAY_ROOT) + "/[^/]+/[^/]+")
 
 
@@ -564,29 +567,41 @@ class HostActivities:
         # Histories from before notebooks had their own origin name the path under the
         # old gateway prefix; the editor now serves at its root.
         path = "/" + _LEGACY_PREFIX.sub("", inp.path).lstrip("/")
-        deadline = asyncio.get_running_loop().time() + inp.timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + inp.timeout_s
+        next_poll = loop.time() + READY_ENGINE_POLL_S
         while True:
             activity.heartbeat()
-            # One open() until the editor has made its socket; then one request per try.
-            # Any HTTP answer means the editor serves; 403 is a protected one.
-            if await self._blocking(editor_socket.probe, sock, path) in (200, 403):
+            # Until the editor has made its socket, one lstat() per tick on this thread
+            # (no thread hop, no engine call); then one request per try, which the editor
+            # answers once it serves (any HTTP answer; 403 is a protected one).
+            # An lstat() of a local directory does not block in any way that matters.
+            if os.path.lexists(sock) and await self._blocking(  # noqa: ASYNC240
+                editor_socket.probe, sock, path
+            ) in (200, 403):
                 return
-            state = await self._blocking(self._runtime.poll, inp.ref.notebook_id)
-            if state is None or not state.running:
-                logs = await self._blocking(self._runtime.logs, inp.ref.notebook_id, 20)
-                code = state.exit_code if state else None
-                raise ApplicationError(
-                    f"the editor exited while starting (exit code {code}); last output:\n{logs}",
-                    type=codes.exit_code(code) if code else codes.EDITOR_NOT_READY,
-                    non_retryable=True,
-                )
-            if asyncio.get_running_loop().time() > deadline:
+            # Asking the engine whether the container still runs costs the engine and this
+            # agent far more than a look at the socket: once a second is enough to fail
+            # fast on an editor that exited.
+            if loop.time() >= next_poll:
+                next_poll = loop.time() + READY_ENGINE_POLL_S
+                state = await self._blocking(self._runtime.poll, inp.ref.notebook_id)
+                if state is None or not state.running:
+                    logs = await self._blocking(self._runtime.logs, inp.ref.notebook_id, 20)
+                    code = state.exit_code if state else None
+                    raise ApplicationError(
+                        f"the editor exited while starting (exit code {code}); "
+                        f"last output:\n{logs}",
+                        type=codes.exit_code(code) if code else codes.EDITOR_NOT_READY,
+                        non_retryable=True,
+                    )
+            if loop.time() > deadline:
                 raise ApplicationError(
                     f"the editor did not answer within {inp.timeout_s:.0f}s",
                     type=codes.EDITOR_NOT_READY,
                     non_retryable=True,
                 )
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(READY_TICK_S)
 
     @activity.defn(name=A.WATCH_CONTAINER)
     async def watch_container(self, inp: WatchInput) -> WatchResult:

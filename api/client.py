@@ -24,7 +24,6 @@ given as a dict that does not validate raises pydantic's ``ValidationError``.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -88,7 +87,9 @@ class Ainb:
         return await self._svc.notebooks.create(self.project, spec, DIRECT)
 
     async def get(self, notebook_id: str) -> Notebook:
-        return await self._svc.notebooks.get(self.project, notebook_id)
+        # A copy: the one served is the status cache's, shared with every other reader.
+        nb = await self._svc.notebooks.get(self.project, notebook_id)
+        return nb.model_copy(deep=True)
 
     async def list(
         self, state: NotebookState | str | None = None, labels: dict[str, str] | None = None
@@ -115,13 +116,20 @@ class Ainb:
     async def wait(
         self, notebook_id: str, *states: NotebookState | str, within_s: float = 300
     ) -> Notebook:
-        """Poll until the notebook is in one of ``states``; TimeoutError after ``within_s``."""
+        """Until the notebook is in one of ``states``; TimeoutError after ``within_s``.
+        It waits on the notebook's changes (a long poll), not on a clock."""
         wanted = {NotebookState(s) for s in states}
         deadline = time.monotonic() + within_s
-        while True:
-            nb = await self.get(notebook_id)
-            if nb.status.state in wanted:
-                return nb
-            if time.monotonic() > deadline:
+        nb = await self.get(notebook_id)
+        while nb.status.state not in wanted:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise TimeoutError(f"{notebook_id} is {nb.status.state}, not {sorted(wanted)}")
-            await asyncio.sleep(0.25)
+            nb = await self._svc.notebooks.wait_for_change(
+                self.project, notebook_id, nb.status.version, min(left, 25.0)
+            )
+        return nb.model_copy(deep=True)
+
+    async def aclose(self) -> None:
+        """Stop following notebooks (the status cache's watchers)."""
+        await self._svc.notebooks.aclose()

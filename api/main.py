@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.gateway.aclose()
+            await svc.notebooks.aclose()
             await app.state.logs.aclose()
 
     app = FastAPI(

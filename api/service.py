@@ -7,8 +7,9 @@ are Queries; lists come from search attributes.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowUpdateFailedError
@@ -19,6 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api import catalog
 from api.errors import ApiError
 from api.fleet import FleetService
+from api.status_cache import StatusCache
 from domain import codes, protocol
 from domain import search_attributes as sa
 from domain.access import Principal, Role, reaches, selector_problem
@@ -73,6 +75,8 @@ class NotebookService:
         self._settings = settings
         self._fleet = fleet
         self._origins = settings.notebook_origin_pattern
+        self._cache = StatusCache(client, self._load, self._with_extras)
+        self._lists = _ListCache()
 
     def _present(self, notebook: Notebook, caller: Principal | None = None) -> Notebook:
         """The gateway's address while the editor serves somewhere, with the notebook's
@@ -106,15 +110,35 @@ class NotebookService:
             notebook.status.token_generation,
         )
 
+    async def aclose(self) -> None:
+        await self._cache.aclose()
+
     async def locate(self, project: str, notebook_id: str) -> Notebook:
         """The notebook as its workflow knows it, nothing added: what the gateway routes by."""
-        handle = self._handle(project, notebook_id)
-        try:
-            notebook = await self._read(handle)
-        except RPCError as err:
-            raise self._rpc_error(err, project, notebook_id) from err
+        self._handle(project, notebook_id)  # a malformed id is a 404 before any lookup
+        notebook = await self._cache.read((project, notebook_id))
         if notebook.status.state == NotebookState.DELETED:
             raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
+        return notebook
+
+    async def _load(self, project: str, notebook_id: str) -> Notebook:
+        """What the status cache refreshes from: the workflow's answer, or, when no worker
+        answers, what visibility recorded at the last transition."""
+        handle = self._handle(project, notebook_id)
+        try:
+            return await self._read(handle)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise self._rpc_error(err, project, notebook_id) from err
+            return await self._from_visibility(handle, project, notebook_id)
+
+    async def _with_extras(self, notebook: Notebook) -> Notebook:
+        """What changes without the workflow knowing, on a copy: the numbers of a sync
+        under way and a queued notebook's place in line."""
+        notebook = notebook.model_copy(deep=True)
+        handle = self._handle(notebook.project, notebook.id)
+        await self._add_live_progress(handle, notebook)
+        await self._add_queue_position(notebook)
         return notebook
 
     async def _read(self, handle) -> Notebook:
@@ -182,22 +206,63 @@ class NotebookService:
             memo={protocol.MEMO_KEY: notebook.model_dump(mode="json", exclude={"status"})},
             rpc_timeout=RPC_TIMEOUT,
         )
+        self._lists.clear()
         return self._present(notebook)
 
     async def get(
         self, project: str, notebook_id: str, caller: Principal | None = None
     ) -> Notebook:
-        handle = self._handle(project, notebook_id)
-        try:
-            notebook = await self._read(handle)
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise self._rpc_error(err, project, notebook_id) from err
-            notebook = await self._from_visibility(handle, project, notebook_id)
+        """From the status cache (api/status_cache.py): current to within its watcher's
+        notice of the workflow's last change, and at once for commands passed on here."""
+        self._handle(project, notebook_id)
+        return self._visible(await self._cache.read((project, notebook_id)), caller)
+
+    async def wait_for_change(
+        self,
+        project: str,
+        notebook_id: str,
+        version: int,
+        within_s: float,
+        caller: Principal | None = None,
+    ) -> Notebook:
+        """GET once ``status.version`` is past ``version`` (or after ``within_s`` seconds,
+        as it is then); a deleted notebook is a 404."""
+        self._handle(project, notebook_id)
+        await self.get(project, notebook_id, caller)  # 404 outside the caller's reach
+        notebook = await self._cache.wait_for_change((project, notebook_id), version, within_s)
+        return self._visible(notebook, caller)
+
+    async def changes(
+        self,
+        project: str,
+        notebook_id: str,
+        after_version: int | None,
+        within_s: float,
+        caller: Principal | None = None,
+    ) -> AsyncIterator[Notebook]:
+        """Each change of the notebook as GET shows it, once, in order, ending with a
+        DELETED one when it is deleted (see StatusCache.changes)."""
+        self._handle(project, notebook_id)
+        await self.get(project, notebook_id, caller)  # 404 before the stream begins
+        return self._changes(project, notebook_id, after_version, within_s, caller)
+
+    async def _changes(
+        self,
+        project: str,
+        notebook_id: str,
+        after_version: int | None,
+        within_s: float,
+        caller: Principal | None,
+    ) -> AsyncIterator[Notebook]:
+        key = (project, notebook_id)
+        async for notebook in self._cache.changes(key, after_version, within_s):
+            if not _reached(caller, notebook):
+                return  # relabelled out of the token's reach: the stream ends
+            yield self._present(notebook, caller)
+
+    def _visible(self, notebook: Notebook, caller: Principal | None) -> Notebook:
         if notebook.status.state == NotebookState.DELETED or not _reached(caller, notebook):
-            raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
-        await self._add_live_progress(handle, notebook)
-        await self._add_queue_position(notebook)
+            raise ApiError(404, f"notebook {notebook.id} not found in project {notebook.project}")
         return self._present(notebook, caller)
 
     async def _add_queue_position(self, notebook: Notebook) -> None:
@@ -300,10 +365,7 @@ class NotebookService:
         # under load, and a list must not disagree with the GET of the same notebook.
         for term in sa.label_terms(labels or {}):
             query += f" AND NotebookLabels = '{_quote(term)}'"
-        ids = [
-            execution.id.rsplit("/", 1)[-1]
-            async for execution in self._client.list_workflows(query, rpc_timeout=RPC_TIMEOUT)
-        ]
+        ids = await self._lists.ids(self._client, query)
         gate = asyncio.Semaphore(16)
 
         async def one(notebook_id: str) -> Notebook | None:
@@ -343,6 +405,7 @@ class NotebookService:
         try:
             notebook = await call(handle, arg, rpc_timeout=UPDATE_TIMEOUT)
         except WorkflowUpdateFailedError as err:
+            self._cache.invalidate((project, notebook_id))
             cause = err.cause
             if isinstance(cause, ApplicationError) and cause.type == protocol.CONFLICT:
                 raise ApiError(409, cause.message) from err
@@ -358,7 +421,11 @@ class NotebookService:
                 ) from err
             raise ApiError(500, f"{call.__name__} failed: {cause or err}") from err
         except RPCError as err:
+            self._cache.invalidate((project, notebook_id))
             raise self._rpc_error(err, project, notebook_id) from err
+        # The next read here asks the workflow, which has the command by now.
+        self._cache.invalidate((project, notebook_id))
+        self._lists.clear()
         return self._present(notebook)
 
     async def start(
@@ -435,6 +502,46 @@ class NotebookService:
                 503, f"the control plane did not answer in time ({err.message}); try again"
             )
         return ApiError(502, f"the control plane refused the request: {err.message}")
+
+
+class _ListCache:
+    """The ids a visibility query lists, for a second, one request at a time per query:
+    lists trail a transition by that much more, and a page of them polled by many costs
+    the server one query a second."""
+
+    TTL_S = 1.0
+
+    def __init__(self) -> None:
+        self._found: dict[str, tuple[float, list[str]]] = {}
+        self._pending: dict[str, asyncio.Future[list[str]]] = {}
+
+    def clear(self) -> None:
+        """A change made here: this process's next list asks visibility again."""
+        self._found.clear()
+
+    async def ids(self, client: Client, query: str) -> list[str]:
+        now = time.monotonic()
+        found = self._found.get(query)
+        if found is not None and now - found[0] < self.TTL_S:
+            return found[1]
+        pending = self._pending.get(query)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(client, query))
+            self._pending[query] = pending
+        return list(await asyncio.shield(pending))
+
+    async def _fetch(self, client: Client, query: str) -> list[str]:
+        try:
+            ids = [
+                execution.id.rsplit("/", 1)[-1]
+                async for execution in client.list_workflows(query, rpc_timeout=RPC_TIMEOUT)
+            ]
+            now = time.monotonic()
+            self._found = {q: f for q, f in self._found.items() if now - f[0] < self.TTL_S}
+            self._found[query] = (now, ids)
+            return ids
+        finally:
+            del self._pending[query]
 
 
 def _closed_view(notebook: Notebook, desc: WorkflowExecutionDescription) -> Notebook:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -143,6 +144,31 @@ class Client:
                     response.read()
                     raise _error(response)
                 yield from response.iter_raw()
+        except httpx.TransportError as err:
+            raise Unreachable(self.config.url, _reason(err)) from None
+
+    def changes(self, notebook_id: str, after_version: int | None = None) -> Iterator[dict]:
+        """The notebook at each change, from the API's event stream, until the stream ends
+        (the server's time limit, or the notebook deleted: its last answer is DELETED)."""
+        params: dict[str, Any] = {}
+        if after_version is not None:
+            params["after_version"] = after_version
+        path = f"{self._notebooks}/{notebook_id}/events"
+        try:
+            # Keep-alive comments come every 15 s: a minute of silence is a dead stream.
+            with self._http.stream(
+                "GET", path, params=params, timeout=httpx.Timeout(30.0, read=60.0)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error(response)
+                data: builtins.list[str] = []
+                for line in response.iter_lines():
+                    if line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+                    elif not line and data:
+                        yield json.loads("\n".join(data))
+                        data = []
         except httpx.TransportError as err:
             raise Unreachable(self.config.url, _reason(err)) from None
 

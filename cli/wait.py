@@ -1,4 +1,5 @@
-"""``--wait``: follow a notebook until it reaches a state, one line per change seen.
+"""``--wait``: follow a notebook until it reaches a state, one line per change seen, on
+the API's event stream of the notebook (`GET …/{id}/events`), not by polling.
 
 A change is a new state, a new ``status.info`` (queue position, sync progress text), or new
 numbers of a sync under way (a volume's or the workspace's ``last_sync``, a datasync).
@@ -7,12 +8,13 @@ numbers of a sync under way (a volume's or the workspace's ``last_sync``, a data
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from cli.client import ApiError, Client, Unreachable
 from cli.render import sync_text
 
+# Between reconnects when the API did not answer.
 POLL_S = 0.5
 # The API or Temporal restarting is not the notebook failing: keep asking this long.
 UNREACHABLE_GRACE_S = 60.0
@@ -81,20 +83,24 @@ def follow(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict | None:
-    """Poll from ``notebook`` (the command's answer) until ``target``; return the last
-    notebook seen (None once deleted). Raise WaitFailed if it ends elsewhere."""
+    """Follow from ``notebook`` (the command's answer) until ``target``, on the API's
+    event stream of the notebook (reconnecting from the last version seen); return the
+    last notebook seen (None once deleted). Raise WaitFailed if it ends elsewhere."""
     follower = Follower()
     notebook_id = notebook["id"]
     was_active = notebook["status"]["state"] in ACTIVE
     unreachable_since: float | None = None
     current: dict | None = notebook
+    version: int | None = None
+    stream: Iterator[dict] | None = None
     while True:
         if current is not None:
+            version = current["status"].get("version", version)
             for line in follower.lines(current):
                 emit(f"{_stamp()}  {line}")
             state = current["status"]["state"]
             if state == target:
-                return current
+                return None if state == "DELETED" else current
             if state in BROKEN:
                 raise WaitFailed(
                     f"notebook {notebook_id} is {state}: {_info(current['status']) or 'no details'}"
@@ -107,11 +113,15 @@ def follow(
                     f"{_info(current['status']) or 'no details'}"
                 )
             was_active = was_active or state in ACTIVE
-        sleep(poll_s)
         try:
-            current = client.get(notebook_id)
+            if stream is None:
+                stream = iter(client.changes(notebook_id, version))
+            current = next(stream)
             unreachable_since = None
+        except StopIteration:
+            stream, current = None, None  # the server ended the stream: go on from `version`
         except ApiError as err:
+            stream = None
             if err.status == 404:
                 if target == "DELETED":
                     emit(f"{_stamp()}  DELETED")
@@ -120,8 +130,11 @@ def follow(
             if err.client_error:
                 raise
             current, unreachable_since = None, _retry(err, unreachable_since, clock, emit)
+            sleep(poll_s)
         except Unreachable as err:
+            stream = None
             current, unreachable_since = None, _retry(err, unreachable_since, clock, emit)
+            sleep(poll_s)
 
 
 def _retry(

@@ -90,6 +90,9 @@ class Carry(BaseModel):
     dropped: str = ""  # what a forced delete dropped
     # Datasync ids waiting for the RUNNING phase's sync loop, in order.
     sync_queue: list[str] = Field(default_factory=list)
+    # The history events of the runs before this one, so status.version keeps growing
+    # across continue-as-new and take-over.
+    version_base: int = 0
 
     def forget_intents(self) -> None:
         """What a run taking over from a closed one does not inherit: the commands and

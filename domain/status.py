@@ -143,6 +143,10 @@ class NotebookStatus(BaseModel):
     token_generation: int = 0
     # Data left on a host that is not (known to be) in object storage; see HostData.
     left_on_host: HostData | None = None
+    # Grows with every change the workflow records (its history length, summed over the
+    # runs before this one): what long polls and event streams resume from. Set when the
+    # status is read; 0 when not known (a status from visibility).
+    version: int = 0
 
 
 class Notebook(BaseModel):

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from api.auth import allow
 from api.deps import Logs, Project, Service
 from api.errors import NOTEBOOK_RESPONSES, ApiError
+from api.events import sse
 from domain.access import Action, Principal
 from domain.messages import DataSyncRequest, LabelsRequest, PatchRequest
 from domain.spec import LABEL_SELECTOR_PATTERN, NotebookSpec, check_labels
@@ -81,9 +82,71 @@ async def list_notebooks(
 
 @router.get("/{notebook_id}", response_model=Notebook)
 async def get_notebook(
-    project: Project, notebook_id: str, service: Service, caller: GetCaller
+    project: Project,
+    notebook_id: str,
+    service: Service,
+    caller: GetCaller,
+    wait_for_change: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            description="a status.version: answer once the notebook's version is past it "
+            "(a long poll), or as it is after `timeout_s`",
+        ),
+    ] = None,
+    timeout_s: Annotated[
+        float, Query(ge=0, le=60, description="how long `wait_for_change` may wait")
+    ] = 25,
 ) -> Notebook:
-    return await service.get(project, notebook_id, caller)
+    """The notebook as its workflow last recorded it. Served from a cache that follows
+    the workflow's history: a command answered by this API process shows in the next
+    GET; changes from elsewhere show within the server's notice of them (milliseconds).
+    A running sync's numbers and a queued notebook's place in line are at most 1 s old."""
+    if wait_for_change is None:
+        return await service.get(project, notebook_id, caller)
+    return await service.wait_for_change(project, notebook_id, wait_for_change, timeout_s, caller)
+
+
+@router.get(
+    "/{notebook_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "server-sent events: `event: notebook`, `id:` the status.version, "
+            "`data:` the notebook as GET shows it, one per change, in order; the last one is "
+            "DELETED when the notebook is deleted",
+        }
+    },
+)
+async def notebook_events(
+    project: Project,
+    notebook_id: str,
+    service: Service,
+    caller: GetCaller,
+    request: Request,
+    after_version: Annotated[
+        int | None,
+        Query(ge=0, description="resume after this status.version (or send Last-Event-ID)"),
+    ] = None,
+    timeout_s: Annotated[
+        float,
+        Query(ge=0, le=3600, description="end the stream after this long; reconnect to go on"),
+    ] = 300,
+) -> StreamingResponse:
+    """Each change of the notebook (state, info, sync progress), once and in order. The
+    stream begins with the notebook as it is, unless resumed from a version whose view
+    it still is."""
+    if after_version is None:
+        last = request.headers.get("last-event-id", "")
+        after_version = int(last) if last.isdigit() else None
+    changes = await service.changes(project, notebook_id, after_version, timeout_s, caller)
+    return StreamingResponse(
+        sse(changes),
+        media_type="text/event-stream",
+        # No proxy may buffer or cache a stream of changes.
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
 
 
 @router.post("/{notebook_id}/start", status_code=status.HTTP_202_ACCEPTED, response_model=Notebook)

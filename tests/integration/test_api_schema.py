@@ -118,6 +118,13 @@ def _config(project: str, token: str, notebook: str, doomed: str, victim: str) -
         "[[operations]]",
         f"include-name = {q('GET ' + NOTEBOOK + '/logs')}",
         'parameters = { "query.follow" = "false" }',
+        # Long polls and event streams answer at once when told to wait no time.
+        "[[operations]]",
+        f"include-name = {q('GET ' + NOTEBOOK)}",
+        'parameters = { "query.timeout_s" = 0 }',
+        "[[operations]]",
+        f"include-name = {q('GET ' + NOTEBOOK + '/events')}",
+        'parameters = { "query.timeout_s" = 0 }',
     ]
     for name in NO_POSITIVE:
         lines += [

@@ -175,16 +175,20 @@ def test_usage_of_a_notebook_or_of_the_project() -> None:
 
 
 class Script:
-    """A client whose GETs answer a scripted sequence (the last answer repeats)."""
+    """A client whose event stream answers a scripted sequence (the last answer repeats);
+    an exception in it ends the stream, and the next one goes on with the script."""
 
     def __init__(self, *answers) -> None:
         self.answers = list(answers)
+        self.resumed_from: list[int | None] = []
 
-    def get(self, notebook_id: str) -> dict:
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+    def changes(self, notebook_id: str, after_version: int | None = None):
+        self.resumed_from.append(after_version)
+        while True:
+            answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+            if isinstance(answer, Exception):
+                raise answer
+            yield answer
 
 
 def _follow(client, first: dict, target: str) -> tuple[object, list[str]]:
@@ -249,3 +253,19 @@ def test_wait_rides_out_a_restarting_api_and_ends_on_deletion() -> None:
     assert "still waiting" in lines[1] and lines[-2:] == ["DELETING", "DELETED"]
     with pytest.raises(WaitFailed, match="no longer exists"):
         _follow(Script(ApiError(404, "gone")), notebook("STARTING"), "RUNNING")
+
+
+def test_wait_resumes_the_stream_from_the_last_version_seen() -> None:
+    def at(nb: dict, version: int) -> dict:
+        nb["status"]["version"] = version
+        return nb
+
+    client = Script(
+        at(notebook("STARTING", message="pulling volumes"), 7),
+        Unreachable("http://api.test", "connection refused"),
+        at(notebook("RUNNING"), 9),
+    )
+    result, lines = _follow(client, at(notebook("STARTING", message="created"), 5), "RUNNING")
+    assert result is not None and result["status"]["version"] == 9
+    assert client.resumed_from == [5, 7]
+    assert lines[:2] == ["STARTING  created", "STARTING  pulling volumes"]

@@ -134,8 +134,10 @@ async def test_thirty_days_with_auto_restart_stays_under_the_history_bound(
             ),
         )
         nb = await h.reach(handle, S.RUNNING)
+        versions = [nb.status.version]
         for _ in range(30 * 4):
             await env.sleep(timedelta(hours=6))
+            versions.append((await h.get(handle)).status.version)
         # Time stands still while the numbers are compared: a skip between the query and
         # the ledger's reading would bill one more checkpoint to one side only.
         with env.auto_time_skipping_disabled():
@@ -144,6 +146,9 @@ async def test_thirty_days_with_auto_restart_stays_under_the_history_bound(
             billed = _periods_billed(h, nb.id)
         assert len(lengths) > 1, "continue-as-new never happened"
         assert max(lengths) < 10_000, lengths
+        # status.version grows through continue-as-new: it counts every run's events
+        assert versions == sorted(versions) and len(set(versions)) > len(versions) // 2
+        assert sum(lengths[:-1]) < nb.status.version <= sum(lengths), (versions, lengths)
         # queries and updates work across the runs; usage totals were carried over
         assert [billed[p] for p in (1, 2, 3, 4)] == [7 * 24 * 60] * 4
         assert nb.status.billed_minutes_total == sum(billed.values())

@@ -155,7 +155,12 @@ class RunContext:
 
     # ------------------------------------------------------------------ reads
 
+    def version(self) -> int:
+        return self.m.version_base + workflow.info().get_current_history_length()
+
     def snapshot(self) -> Notebook:
+        status = self.status.model_copy(deep=True)
+        status.version = self.version()
         return Notebook(
             id=self.inp.notebook_id,
             project=self.inp.project,
@@ -163,11 +168,12 @@ class RunContext:
             updated_at=self.m.updated_at,
             spec=self.inp.spec,
             image=self.inp.image,
-            status=self.status.model_copy(deep=True),
+            status=status,
         )
 
     def carry_over(self) -> NotebookInput:
-        return self.inp.model_copy(update={"carry": self.m})
+        carry = self.m.model_copy(update={"version_base": self.version()})
+        return self.inp.model_copy(update={"carry": carry})
 
     def history_is_long(self) -> bool:
         info = workflow.info()
