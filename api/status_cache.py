@@ -95,7 +95,11 @@ class Entry:
     base: Notebook | None = None  # the workflow's answer
     value: Notebook | None = None  # base with the extras: what readers get
     extras_at: float = 0.0
-    dirty: bool = True
+    # Generations: `wanted` grows with every change heard of (or command passed on);
+    # `have` is the one the stored value was loaded for. A load begun at generation g
+    # reflects every change marked up to g.
+    wanted: int = 1
+    have: int = 0
     watching: bool = False  # the long poll is established: a clean entry is current
     final: bool = False  # its workflow completed (deleted): it changes no more
     last_read: float = field(default_factory=time.monotonic)
@@ -110,12 +114,21 @@ class Entry:
     def workflow_id(self) -> str:
         return workflow_id(*self.key)
 
-    def current(self) -> bool:
-        if self.final and self.value is not None:
-            return True
-        if self.value is None or self.dirty or not self.watching:
-            return False
-        return not (needs_extras(self.value) and time.monotonic() - self.extras_at > EXTRAS_TTL_S)
+    @property
+    def dirty(self) -> bool:
+        return self.have < self.wanted
+
+    def mark(self) -> int:
+        """A change happened (or may have): loads begun from now on are to reflect it."""
+        self.wanted += 1
+        return self.wanted
+
+    def extras_stale(self) -> bool:
+        return (
+            self.value is not None
+            and needs_extras(self.value)
+            and time.monotonic() - self.extras_at > EXTRAS_TTL_S
+        )
 
     def store(self, base: Notebook, value: Notebook) -> None:
         before = self.value
@@ -153,9 +166,13 @@ class StatusCache:
     async def read(self, key: Key) -> Notebook:
         entry = self._entry(key)
         entry.last_read = time.monotonic()
-        if not entry.current():
+        if entry.final and entry.value is not None:
+            return entry.value
+        # Unwatched, nothing would tell this entry of a change: each read wants a load
+        # begun after it (readers arriving during one load share the next).
+        want = entry.wanted if entry.watching else entry.mark()
+        while entry.value is None or entry.have < want or entry.extras_stale():
             await self._refresh(entry)
-        assert entry.value is not None
         return entry.value
 
     async def wait_for_change(self, key: Key, version: int, within_s: float) -> Notebook:
@@ -206,7 +223,7 @@ class StatusCache:
         """A command went through this process: the next read asks the workflow."""
         entry = self._entries.get(key)
         if entry is not None:
-            entry.dirty = True
+            entry.mark()
 
     async def aclose(self) -> None:
         self._closed = True
@@ -238,24 +255,21 @@ class StatusCache:
 
     async def _refresh_now(self, entry: Entry) -> None:
         try:
-            extras_only = entry.base is not None and not entry.dirty and entry.watching
-            # A change seen while loading loads again (a few times at most: a notebook
-            # changing faster than queries answer is shown at most a refresh behind).
-            for _ in range(3):
-                if extras_only:
-                    assert entry.base is not None
-                    base = entry.base
+            # A change marked while loading loads again (a few times at most; a reader
+            # that still has an older value than it wants asks for another refresh).
+            for _ in range(5):
+                if entry.base is not None and not entry.dirty:
+                    if not entry.extras_stale():
+                        break
+                    base, generation = entry.base, entry.have  # the extras only
                 else:
-                    entry.dirty = False
+                    generation = entry.wanted
                     base = await self._load(*entry.key)
                 value = await self._add_extras(base)
                 entry.store(base, value)
+                entry.have = max(entry.have, generation)
                 if not entry.dirty:
                     break
-                extras_only = False
-        except BaseException:
-            entry.dirty = True
-            raise
         finally:
             entry.refreshing = None
 
@@ -322,10 +336,10 @@ class StatusCache:
             if not entry.watching:
                 # From here on a clean entry is current: anything newer wakes this poll.
                 entry.watching = True
-                entry.dirty = True
+                entry.mark()
             types = {e.event_type for e in resp.history.events}
             if types & _CHANGES:
-                entry.dirty = True
+                entry.mark()
             if entry.dirty:
                 try:
                     await self._refresh(entry)

@@ -163,12 +163,17 @@ class Client:
                     response.read()
                     raise _error(response)
                 data: builtins.list[str] = []
+                kind = "message"
                 for line in response.iter_lines():
                     if line.startswith("data:"):
                         data.append(line[5:].removeprefix(" "))
-                    elif not line and data:
-                        yield json.loads("\n".join(data))
-                        data = []
+                    elif line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif not line:
+                        # The notebooks are what is followed; transitions are in them too.
+                        if data and kind == "notebook":
+                            yield json.loads("\n".join(data))
+                        data, kind = [], "message"
         except httpx.TransportError as err:
             raise Unreachable(self.config.url, _reason(err)) from None
 

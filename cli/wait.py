@@ -94,13 +94,18 @@ def follow(
     version: int | None = None
     stream: Iterator[dict] | None = None
     while True:
+        if current is not None and current["status"]["state"] == "DELETED":
+            if target != "DELETED":
+                raise WaitFailed(f"notebook {notebook_id} is being deleted")
+            emit(f"{_stamp()}  DELETED")  # as when a GET finds it gone
+            return None
         if current is not None:
             version = current["status"].get("version", version)
             for line in follower.lines(current):
                 emit(f"{_stamp()}  {line}")
             state = current["status"]["state"]
             if state == target:
-                return None if state == "DELETED" else current
+                return current
             if state in BROKEN:
                 raise WaitFailed(
                     f"notebook {notebook_id} is {state}: {_info(current['status']) or 'no details'}"

@@ -22,6 +22,22 @@ class Info(BaseModel):
     message: str = ""
 
 
+class Transition(BaseModel):
+    """One change of state, as the workflow made it: what a watcher that was not looking
+    at that moment still learns (the event stream sends each one once)."""
+
+    state: NotebookState
+    info: Info = Field(default_factory=Info)
+    at: datetime
+    # status.version of the workflow task that made it: every status read at this
+    # version or later includes it.
+    version: int
+
+
+# How many of the latest transitions a status keeps.
+TRANSITIONS_KEPT = 8
+
+
 class SyncState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -143,6 +159,8 @@ class NotebookStatus(BaseModel):
     token_generation: int = 0
     # Data left on a host that is not (known to be) in object storage; see HostData.
     left_on_host: HostData | None = None
+    # The latest state changes, oldest first (at most TRANSITIONS_KEPT).
+    transitions: list[Transition] = Field(default_factory=list)
     # Grows with every change the workflow records (its history length, summed over the
     # runs before this one): what long polls and event streams resume from. Set when the
     # status is read; 0 when not known (a status from visibility).

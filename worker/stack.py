@@ -35,7 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def free_port(avoid: set[int] | None = None, *, with_grpc_offset: bool = False) -> int:
     """A free loopback port; with_grpc_offset also needs port+10000 free (SeaweedFS)."""
-    avoid = avoid or set()
+    # `is None`, not `or`: an empty set passed in must collect what is handed out.
+    if avoid is None:
+        avoid = set()
     for _ in range(200):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -43,13 +45,14 @@ def free_port(avoid: set[int] | None = None, *, with_grpc_offset: bool = False) 
         if port in avoid:
             continue
         if with_grpc_offset:
-            if port + 10000 > 65000:
+            if port + 10000 > 65000 or port + 10000 in avoid:
                 continue
             with socket.socket() as s2:
                 try:
                     s2.bind(("127.0.0.1", port + 10000))
                 except OSError:
                     continue
+            avoid.add(port + 10000)
         avoid.add(port)
         return port
     raise RuntimeError("no free port")
@@ -66,8 +69,10 @@ class Ports:
     api: int = 8000
 
     @classmethod
-    def random(cls) -> Ports:
-        used: set[int] = set()
+    def random(cls, taken: set[int] | None = None) -> Ports:
+        """Free loopback ports, none of them in ``taken`` (a port the caller has chosen:
+        the probe of a free port releases it, so the same one can come out twice)."""
+        used: set[int] = set(taken or ())
         return cls(
             temporal=free_port(used),
             temporal_ui=free_port(used),
@@ -535,7 +540,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.component and args.ports == "random":
         parser.error("--ports random: the parts run with --component must agree on ports")
-    ports = Ports.random() if args.ports == "random" else Ports()
+    taken = {args.api_port} if args.api_port else set()
+    ports = Ports.random(taken) if args.ports == "random" else Ports()
     ports.api = args.api_port or ports.api
     if args.component:
         stack = Stack(args.data_dir, ports, runtime=args.runtime, log_to_stdout=True)

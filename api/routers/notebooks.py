@@ -113,9 +113,10 @@ async def get_notebook(
     responses={
         200: {
             "content": {"text/event-stream": {}},
-            "description": "server-sent events: `event: notebook`, `id:` the status.version, "
-            "`data:` the notebook as GET shows it, one per change, in order; the last one is "
-            "DELETED when the notebook is deleted",
+            "description": "server-sent events, `id:` a status.version: `event: transition` "
+            "(`data:` one of status.transitions) for every change of state, once, and "
+            "`event: notebook` (`data:` the notebook as GET shows it) for every change, in "
+            "order; the last one is DELETED when the notebook is deleted",
         }
     },
 )
@@ -136,13 +137,13 @@ async def notebook_events(
 ) -> StreamingResponse:
     """Each change of the notebook (state, info, sync progress), once and in order. The
     stream begins with the notebook as it is, unless resumed from a version whose view
-    it still is."""
+    it still is; resumed, it first sends the state changes made since that version."""
     if after_version is None:
         last = request.headers.get("last-event-id", "")
         after_version = int(last) if last.isdigit() else None
     changes = await service.changes(project, notebook_id, after_version, timeout_s, caller)
     return StreamingResponse(
-        sse(changes),
+        sse(changes, after_version),
         media_type="text/event-stream",
         # No proxy may buffer or cache a stream of changes.
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},

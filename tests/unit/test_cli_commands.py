@@ -269,3 +269,11 @@ def test_wait_resumes_the_stream_from_the_last_version_seen() -> None:
     assert result is not None and result["status"]["version"] == 9
     assert client.resumed_from == [5, 7]
     assert lines[:2] == ["STARTING  created", "STARTING  pulling volumes"]
+
+
+def test_wait_ends_on_the_streams_deleted_notebook() -> None:
+    client = Script(notebook("DELETING"), notebook("DELETED", message="deleted"))
+    result, lines = _follow(client, notebook("STOPPED"), "DELETED")
+    assert result is None and lines == ["STOPPED", "DELETING", "DELETED"]
+    with pytest.raises(WaitFailed, match="being deleted"):
+        _follow(Script(notebook("DELETED")), notebook("STARTING"), "RUNNING")

@@ -26,7 +26,14 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.metering import advance, open_period
     from domain.states import NotebookState
-    from domain.status import Info, Notebook, NotebookStatus, initial_status
+    from domain.status import (
+        TRANSITIONS_KEPT,
+        Info,
+        Notebook,
+        NotebookStatus,
+        Transition,
+        initial_status,
+    )
 
 S = NotebookState
 
@@ -70,8 +77,11 @@ class RunContext:
     def transition(self, state: NotebookState, info: Info) -> None:
         if self.status.state == S.RUNNING and state != S.RUNNING:
             self.bill_until(workflow.now(), final=True)
+        changed = state != self.status.state
         self.status.state = state
         self.set_info(info)
+        if changed:  # a new info in the same state is not a transition
+            self.record_transition(state, info)
         workflow.upsert_search_attributes(
             [
                 sa.STATE.value_set(state.value),
@@ -79,6 +89,15 @@ class RunContext:
             ]
         )
         self.publish_details()
+
+    def record_transition(self, state: NotebookState, info: Info) -> None:
+        kept = self.status.transitions[-(TRANSITIONS_KEPT - 1) :]
+        self.status.transitions = [
+            *kept,
+            Transition(
+                state=state, info=info.model_copy(), at=workflow.now(), version=self.version()
+            ),
+        ]
 
     def apply(self, reaction: Reaction, info: Info, *, ending: Info | None = None) -> None:
         """Do what the state table says: note how the stop it begins ends (``ending``,
