@@ -79,9 +79,14 @@ def content_key(notebook: Notebook) -> str:
     return hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
 
 
+def _queued(notebook: Notebook) -> bool:
+    st = notebook.status
+    return st.state == NotebookState.STARTING and st.info.code == codes.QUEUED
+
+
 def needs_extras(notebook: Notebook) -> bool:
     st = notebook.status
-    if st.state == NotebookState.STARTING and st.info.code == codes.QUEUED:
+    if _queued(notebook):
         return True
     syncs = [v.last_sync for v in st.volumes]
     if st.workspace is not None:
@@ -124,11 +129,13 @@ class Entry:
         return self.wanted
 
     def extras_stale(self) -> bool:
-        return (
-            self.value is not None
-            and needs_extras(self.value)
-            and time.monotonic() - self.extras_at > EXTRAS_TTL_S
-        )
+        if self.value is None or not needs_extras(self.value):
+            return False
+        # A place in line moves when another notebook's capacity is freed, which this
+        # notebook's history does not show: asked of the fleet at every read while queued.
+        if _queued(self.value):
+            return True
+        return time.monotonic() - self.extras_at > EXTRAS_TTL_S
 
     def store(self, base: Notebook, value: Notebook) -> None:
         before = self.value
@@ -171,7 +178,9 @@ class StatusCache:
         # Unwatched, nothing would tell this entry of a change: each read wants a load
         # begun after it (readers arriving during one load share the next).
         want = entry.wanted if entry.watching else entry.mark()
-        while entry.value is None or entry.have < want or entry.extras_stale():
+        if entry.value is None or entry.have < want or entry.extras_stale():
+            await self._refresh(entry)
+        while entry.value is None or entry.have < want:
             await self._refresh(entry)
         return entry.value
 

@@ -101,7 +101,8 @@ async def get_notebook(
     """The notebook as its workflow last recorded it. Served from a cache that follows
     the workflow's history: a command answered by this API process shows in the next
     GET; changes from elsewhere show within the server's notice of them (milliseconds).
-    A running sync's numbers and a queued notebook's place in line are at most 1 s old."""
+    A running sync's numbers are at most 1 s old; a queued notebook's place in line is
+    asked of the fleet at each read."""
     if wait_for_change is None:
         return await service.get(project, notebook_id, caller)
     return await service.wait_for_change(project, notebook_id, wait_for_change, timeout_s, caller)
