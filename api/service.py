@@ -115,7 +115,7 @@ class NotebookService:
 
     async def locate(self, project: str, notebook_id: str) -> Notebook:
         """The notebook as its workflow knows it, nothing added: what the gateway routes by."""
-        self._handle(project, notebook_id)  # a malformed id is a 404 before any lookup
+        _check_id(project, notebook_id)
         notebook = await self._cache.read((project, notebook_id))
         if notebook.status.state == NotebookState.DELETED:
             raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
@@ -159,8 +159,7 @@ class NotebookService:
         return notebook
 
     def _handle(self, project: str, notebook_id: str):
-        if not valid_notebook_id(notebook_id):
-            raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
+        _check_id(project, notebook_id)
         return self._client.get_workflow_handle(workflow_id(project, notebook_id))
 
     async def create(
@@ -214,7 +213,7 @@ class NotebookService:
     ) -> Notebook:
         """From the status cache (api/status_cache.py): current to within its watcher's
         notice of the workflow's last change, and at once for commands passed on here."""
-        self._handle(project, notebook_id)
+        _check_id(project, notebook_id)
         return self._visible(await self._cache.read((project, notebook_id)), caller)
 
     async def wait_for_change(
@@ -227,7 +226,6 @@ class NotebookService:
     ) -> Notebook:
         """GET once ``status.version`` is past ``version`` (or after ``within_s`` seconds,
         as it is then); a deleted notebook is a 404."""
-        self._handle(project, notebook_id)
         await self.get(project, notebook_id, caller)  # 404 outside the caller's reach
         notebook = await self._cache.wait_for_change((project, notebook_id), version, within_s)
         return self._visible(notebook, caller)
@@ -242,7 +240,6 @@ class NotebookService:
     ) -> AsyncIterator[Notebook]:
         """Each change of the notebook as GET shows it, once, in order, ending with a
         DELETED one when it is deleted (see StatusCache.changes)."""
-        self._handle(project, notebook_id)
         await self.get(project, notebook_id, caller)  # 404 before the stream begins
         return self._changes(project, notebook_id, after_version, within_s, caller)
 
@@ -564,6 +561,12 @@ def _closed_view(notebook: Notebook, desc: WorkflowExecutionDescription) -> Note
         }
     )
     return notebook.model_copy(update={"status": status})
+
+
+def _check_id(project: str, notebook_id: str) -> None:
+    """A malformed id is a 404 before any lookup (and before it makes a cache entry)."""
+    if not valid_notebook_id(notebook_id):
+        raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
 
 
 def _reached(caller: Principal | None, notebook: Notebook) -> bool:
