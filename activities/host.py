@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -64,6 +64,9 @@ from domain.spec import WORKSPACE, Editor, Permission, env_problem
 from domain.status import SyncProgress, SyncState
 from domain.storage_policy import volume_refusal
 from domain.tokens import editor_read_token, editor_token
+
+if TYPE_CHECKING:
+    from activities.runtime.warm_pool import WarmPool
 
 POLL_S = 1.0
 # Readiness: a look at the editor's socket this often, the engine asked once a second.
@@ -119,9 +122,12 @@ def _now() -> datetime:
 
 
 class HostActivities:
-    def __init__(self, settings: Settings, runtime: ContainerRuntime) -> None:
+    def __init__(
+        self, settings: Settings, runtime: ContainerRuntime, pool: WarmPool | None = None
+    ) -> None:
         self._settings = settings
         self._runtime = runtime
+        self._pool = pool
         self._s3 = S3Clients(settings)
         self._notebooks_dir = notebooks_dir(settings.data_dir, settings.host_name)
         self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="host-activity")
@@ -440,7 +446,7 @@ class HostActivities:
 
     # -------------------------------------------------------------- container
 
-    def _launch_spec(self, inp: LaunchInput) -> LaunchSpec:
+    def _launch_spec(self, inp: LaunchInput, prepare: bool = True) -> LaunchSpec:
         spec = inp.spec
         paths = self.paths(inp.ref.notebook_id)
         mounts = [Mount(source=paths.workspace, target=WORKSPACE)]
@@ -466,7 +472,8 @@ class HostActivities:
             raise ApplicationError(
                 f"env_vars: {problem[1]}", type=codes.SPEC_REFUSED, non_retryable=True
             )
-        self._prepare(paths, trees)
+        if prepare:
+            self._prepare(paths, trees)
         alloc = inp.allocation
         units = spec.resources.units
         cpus = alloc.cpus if alloc else units * flavor.cpu_per_unit
@@ -534,16 +541,26 @@ class HostActivities:
                 await self._blocking(chown_tree, path, uid, gid)
 
     def _launch(self, inp: LaunchInput) -> LaunchResult:
+        paths = self.paths(inp.ref.notebook_id)
         existing = self._runtime.poll(inp.ref.notebook_id)
         if existing is not None and existing.running:
             state = existing  # a retried launch: the first attempt's container serves
+            if self._pool is not None:
+                self._pool.resume(self._launch_spec(inp, prepare=False), paths)
         else:
-            state = self._runtime.start(self._launch_spec(inp))
+            spec = self._launch_spec(inp)
+            # A container left by an earlier run holds the name: the cold path replaces it.
+            claimed = (
+                self._pool.claim(spec, paths)
+                if self._pool is not None and existing is None
+                else None
+            )
+            state = claimed or self._runtime.start(spec)
         return LaunchResult(
             container=state.name,
             # For operators: where the editor answers on this host (only the host agent
             # connects there; the gateway goes through the agent's tunnel).
-            url=f"unix:{self.paths(inp.ref.notebook_id).editor_socket}",
+            url=f"unix:{paths.editor_socket}",
             port=0,
             started_at=_now(),
         )

@@ -274,6 +274,11 @@ class Settings(BaseSettings):
     host_gpu_model: str | None = None
     # Flavors this host runs; unset: every cpu flavor, and gpu flavors if it has GPUs.
     host_flavors: list[str] | None = None
+    # Warm editors this host keeps started ahead, by image (JupyterLab images; Docker
+    # runtime only): a notebook that fits one is ready in a fraction of a cold start.
+    # Each idle slot holds its editor's memory (~100 MiB for JupyterLab) outside the
+    # fleet's inventory (see the README's warm pool section).
+    warm_pool: dict[str, int] = Field(default_factory=dict)
 
     @classmethod
     def load(cls) -> Settings:

@@ -14,11 +14,13 @@ from activities.runtime.base import ContainerRuntime
 from activities.runtime.docker_runtime import DockerRuntime, engine_answers
 from activities.runtime.local_runtime import LocalRuntime
 from activities.runtime.sim_runtime import SimRuntime
+from activities.runtime.warm_pool import WarmPool
 from domain.config import Settings
 from domain.ids import host_task_queue
 from temporal_client.connect import connect
 from worker.editor_tunnel import EditorTunnel
 from worker.log_server import LogServer
+from worker.pool_keeper import PoolKeeper
 from worker.presence import Presence
 from worker.run import run_until_signalled, setup_logging
 
@@ -70,11 +72,29 @@ def choose_runtime(settings: Settings) -> ContainerRuntime:
     return DockerRuntime(installation=settings.installation_id, host=settings.host_name)
 
 
-def build_worker(client, settings: Settings, runtime: ContainerRuntime) -> Worker:
+def build_pool(settings: Settings, runtime: ContainerRuntime) -> WarmPool | None:
+    if not any(n > 0 for n in settings.warm_pool.values()):
+        return None
+    if not isinstance(runtime, DockerRuntime):
+        log.warning("warm_pool is set, but host %s has no Docker runtime: no pool", runtime.name)
+        return None
+    return WarmPool(
+        runtime,
+        settings.warm_pool,
+        host_dir(settings.data_dir, settings.host_name) / "pool",
+        uid=settings.editor_uid,
+        gid=settings.editor_gid,
+        network=settings.notebook_network,
+    )
+
+
+def build_worker(
+    client, settings: Settings, runtime: ContainerRuntime, pool: WarmPool | None = None
+) -> Worker:
     return Worker(
         client,
         task_queue=host_task_queue(settings.host_name),
-        activities=HostActivities(settings, runtime).activities(),
+        activities=HostActivities(settings, runtime, pool).activities(),
         max_concurrent_activities=200,
         # Heartbeats reach the server often, so a stop cancels a sync within seconds.
         max_heartbeat_throttle_interval=timedelta(seconds=2),
@@ -99,11 +119,18 @@ async def amain() -> None:
     presence = asyncio.create_task(
         Presence(client, settings, runtime, logs.url, tunnel.address).run()
     )
+    pool = build_pool(settings, runtime)
+    keeper = PoolKeeper(pool) if pool is not None else None
+    keeping = asyncio.create_task(keeper.run()) if keeper is not None else None
     try:
         await run_until_signalled(
-            build_worker(client, settings, runtime), f"host agent {settings.host_name}"
+            build_worker(client, settings, runtime, pool), f"host agent {settings.host_name}"
         )
     finally:
+        if keeping is not None and keeper is not None:
+            keeping.cancel()
+            await asyncio.gather(keeping, return_exceptions=True)
+            await asyncio.get_running_loop().run_in_executor(None, keeper.drain)
         presence.cancel()
         logs.stop()
         tunnel.stop()

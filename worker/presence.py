@@ -18,7 +18,7 @@ from activities.runtime.base import ContainerRuntime
 from domain import search_attributes as sa
 from domain.config import Settings
 from domain.fleet import HostInventory
-from domain.ids import host_task_queue, valid_notebook_id, workflow_id
+from domain.ids import host_task_queue, notebook_of, valid_notebook_id, workflow_id
 from domain.protocol import NOTEBOOK_WORKFLOW_TYPE
 from domain.states import NotebookState
 from temporal_client import fleet_calls, notebook_calls, revival
@@ -138,7 +138,9 @@ class Presence:
         found = await loop.run_in_executor(None, self._runtime.managed)
         kept, removed = set(), set()
         for notebook_id, project in sorted(found.items()):
-            meant = await self._meant_here(project, notebook_id)
+            meant = await self._meant_here(
+                project or await self._project_of(notebook_id), notebook_id
+            )
             if meant is None or meant:
                 kept.add(notebook_id)
                 continue
@@ -168,6 +170,17 @@ class Presence:
                 continue
             log.warning("removing the data directory of deleted notebook %s", notebook_id)
             await loop.run_in_executor(None, shutil.rmtree, root / notebook_id, True)
+
+    async def _project_of(self, notebook_id: str) -> str:
+        """The project of a notebook whose container does not say (a claimed warm editor
+        keeps its slot's labels); empty when Temporal cannot name exactly one."""
+        query = f"WorkflowType = '{NOTEBOOK_WORKFLOW_TYPE}' AND {sa.ID.name} = '{notebook_id}'"
+        try:
+            ids = {wf.id async for wf in self._client.list_workflows(query, limit=10)}
+        except Exception:
+            return ""
+        named = {notebook_of(wid) for wid in ids} - {None}
+        return next(iter(named))[0] if len(named) == 1 else ""  # type: ignore[index]
 
     async def _deleted(self, notebook_id: str) -> bool:
         query = f"WorkflowType = '{NOTEBOOK_WORKFLOW_TYPE}' AND {sa.ID.name} = '{notebook_id}'"

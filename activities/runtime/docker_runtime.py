@@ -20,6 +20,9 @@ MANAGED_LABEL = LABEL_PREFIX + "managed"
 # developer's stack) may share one engine, and each reconciles only its own containers.
 INSTALLATION_LABEL = LABEL_PREFIX + "installation"
 HOST_LABEL = LABEL_PREFIX + "host"
+# A warm-pool slot's image (activities/runtime/warm_pool.py).
+POOL_LABEL = LABEL_PREFIX + "pool"
+CONTAINER_PREFIX = container_name("")
 
 _UNAVAILABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
@@ -49,6 +52,15 @@ class DockerRuntime:
         self._connect = connect or (lambda: docker.from_env(timeout=60))
         self._connected: docker.DockerClient | None = None
         self._scope = {INSTALLATION_LABEL: installation, HOST_LABEL: host}
+
+    @property
+    def client(self) -> docker.DockerClient:
+        return self._client
+
+    @property
+    def scope(self) -> dict[str, str]:
+        """The labels that mark this installation's containers on this host."""
+        return dict(self._scope)
 
     @property
     def _client(self) -> docker.DockerClient:
@@ -151,11 +163,17 @@ class DockerRuntime:
             containers = self._client.containers.list(all=True, filters={"label": labels})
         except _UNAVAILABLE as err:
             raise RuntimeUnavailable(f"the Docker engine does not answer: {err}") from err
-        return {
+        found = {
             c.labels[NOTEBOOK_LABEL]: c.labels.get(PROJECT_LABEL, "")
             for c in containers
             if c.labels.get(NOTEBOOK_LABEL)
         }
+        # A claimed warm editor keeps the labels of its slot (labels never change): its
+        # name says whose it is, and its project is looked up (the empty string).
+        for c in containers:
+            if c.labels.get(POOL_LABEL) and c.name.startswith(CONTAINER_PREFIX):
+                found.setdefault(c.name.removeprefix(CONTAINER_PREFIX), "")
+        return found
 
 
 def create_kwargs(spec: LaunchSpec) -> dict:

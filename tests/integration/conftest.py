@@ -23,6 +23,7 @@ from activities.runtime.docker_runtime import (
     engine_answers,
 )
 from domain.config import JUPYTERLAB_IMAGE, PYTORCH_IMAGES, VSCODE_IMAGE
+from domain.ids import container_name
 from tests.support import eventually
 from worker.stack import Ports, Stack, free_port
 
@@ -232,9 +233,17 @@ class Notebooks:
         return eventually(finished, timeout=90, interval=0.2, what=f"datasync {job} to finish")
 
     def containers(self, notebook_id: str) -> list:
-        return self.docker.containers.list(
+        """The notebook's containers: by label, and by name (a claimed warm editor keeps
+        its slot's labels)."""
+        name = container_name(notebook_id)
+        found = self.docker.containers.list(
             all=True, filters={"label": f"{NOTEBOOK_LABEL}={notebook_id}"}
-        )
+        ) + [
+            c
+            for c in self.docker.containers.list(all=True, filters={"name": name})
+            if c.name == name
+        ]
+        return list({c.id: c for c in found}.values())
 
 
 @pytest.fixture()
