@@ -11,15 +11,15 @@ from api.service import NotebookService
 from domain.config import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_service(request: Request) -> NotebookService:
+async def get_service(request: Request) -> NotebookService:
     return request.app.state.service
 
 
-def get_logs(request: Request) -> LogService:
+async def get_logs(request: Request) -> LogService:
     return request.app.state.logs
 
 

@@ -121,11 +121,15 @@ class NotebookService:
             raise ApiError(404, f"notebook {notebook_id} not found in project {project}")
         return notebook
 
-    async def _load(self, project: str, notebook_id: str) -> Notebook:
+    async def _load(self, project: str, notebook_id: str, watched: bool = False) -> Notebook:
         """What the status cache refreshes from: the workflow's answer, or, when no worker
         answers, what visibility recorded at the last transition."""
         handle = self._handle(project, notebook_id)
         try:
+            if watched:
+                # The watcher reads the history itself: a run closed from outside ends
+                # its watch, and the reads after it describe the workflow again.
+                return await notebook_calls.get(handle, rpc_timeout=QUERY_TIMEOUT)
             return await self._read(handle)
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:

@@ -63,11 +63,18 @@ _CHANGES = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
 }
+# Closed other than by continuing as new: the query alone would answer by replay.
+_CLOSED = _CHANGES - {
+    EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+}
 
 # A notebook by (project, notebook id).
 Key = tuple[str, str]
 # The workflow's answer, as read (query, or visibility when no worker answers).
-Load = Callable[[str, str], Awaitable[Notebook]]
+# (project, notebook id, watched): a watched notebook's closing is seen by its watcher,
+# so its load need not ask whether the workflow still lives.
+Load = Callable[[str, str, bool], Awaitable[Notebook]]
 # That answer with what changes without an event added (on a copy).
 AddExtras = Callable[[Notebook], Awaitable[Notebook]]
 
@@ -273,7 +280,7 @@ class StatusCache:
                     base, generation = entry.base, entry.have  # the extras only
                 else:
                     generation = entry.wanted
-                    base = await self._load(*entry.key)
+                    base = await self._load(*entry.key, entry.watching)
                 value = await self._add_extras(base)
                 entry.store(base, value)
                 entry.have = max(entry.have, generation)
@@ -347,6 +354,8 @@ class StatusCache:
                 entry.watching = True
                 entry.mark()
             types = {e.event_type for e in resp.history.events}
+            if types & _CLOSED:
+                entry.watching = False  # this refresh describes the workflow
             if types & _CHANGES:
                 entry.mark()
             if entry.dirty:

@@ -13,6 +13,7 @@ RESTORE_WORKSPACE = "restore_workspace"
 SAVE_WORKSPACE = "save_workspace"
 LAUNCH_CONTAINER = "launch_container"
 WAIT_EDITOR_READY = "wait_editor_ready"
+LAUNCH_EDITOR = "launch_editor"  # launch, then wait for the editor (patches.LAUNCH_WAITS_READY)
 WATCH_CONTAINER = "watch_container"
 STOP_CONTAINER = "stop_container"
 REMOVE_LOCAL_DATA = "remove_local_data"

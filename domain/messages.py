@@ -266,6 +266,9 @@ class LaunchInput(BaseModel):
     image: str
     # What the fleet granted: the container gets exactly this (CPUs, memory, GPU ids).
     allocation: Allocation | None = None
+    # For launch_editor, which also waits for the editor: how long, and where it answers.
+    ready_timeout_s: float = 180.0
+    ready_path: str = "/api/status"
 
 
 class LaunchResult(BaseModel):

@@ -20,4 +20,8 @@ KEEP_UNSAVED_DATA = "keep-unsaved-data"
 # usage write cancels the write instead of failing the workflow.
 STOP_WINS_RACES = "stop-wins-races"
 
-ALL = (KEEP_UNSAVED_DATA, STOP_WINS_RACES)
+# 2026-12: the container's launch and the wait for its editor are one host activity
+# (launch_editor) instead of two: one activity and one workflow task fewer per start.
+LAUNCH_WAITS_READY = "launch-waits-ready"
+
+ALL = (KEEP_UNSAVED_DATA, STOP_WINS_RACES, LAUNCH_WAITS_READY)

@@ -15,7 +15,7 @@ from domain.messages import FleetView
 router = APIRouter(tags=["fleet"], responses=ERROR_RESPONSES)
 
 
-def get_fleet(request: Request) -> FleetService:
+async def get_fleet(request: Request) -> FleetService:
     return request.app.state.fleet
 
 

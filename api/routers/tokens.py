@@ -32,7 +32,7 @@ Manager = Annotated[Principal, Depends(allow(Action.MANAGE_TOKENS))]
 Config = Annotated[Settings, Depends(get_settings)]
 
 
-def _auth(request: Request) -> Authenticator:
+async def _auth(request: Request) -> Authenticator:
     return request.app.state.auth
 
 

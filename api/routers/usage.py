@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1/projects/{project}", tags=["usage"], responses=NO
 Reader = Annotated[Principal, Depends(allow(Action.USAGE))]
 
 
-def get_usage(request: Request) -> UsageService:
+async def get_usage(request: Request) -> UsageService:
     return request.app.state.usage
 
 

@@ -185,6 +185,14 @@ def fake_activities(script: Script) -> tuple[list, list]:
     async def wait_editor_ready(inp: ReadyInput) -> None:
         script.calls["ready"] += 1
 
+    @activity.defn(name=A.LAUNCH_EDITOR)
+    async def launch_editor(inp: LaunchInput) -> LaunchResult:
+        result = await launch_container(inp)
+        await wait_editor_ready(
+            ReadyInput(ref=inp.ref, port=result.port, timeout_s=inp.ready_timeout_s)
+        )
+        return result
+
     @activity.defn(name=A.WATCH_CONTAINER)
     async def watch_container(inp: WatchInput) -> WatchResult:
         script.calls["watch"] += 1
@@ -234,6 +242,7 @@ def fake_activities(script: Script) -> tuple[list, list]:
         save_workspace,
         launch_container,
         wait_editor_ready,
+        launch_editor,
         watch_container,
         stop_container,
         remove_local_data,

@@ -21,6 +21,9 @@ from workflows.notebook.host_calls import ActivityFailed, HostLost, all_or_nothi
 from workflows.notebook.syncs import sync_target
 from workflows.notebook.teardown import save_left_data
 
+# Failures of launch_editor that come before any container exists.
+_REFUSED_BEFORE_LAUNCH = frozenset({codes.IMAGE_NOT_FOUND, codes.SPEC_REFUSED})
+
 
 async def starting(nb: RunContext) -> None:
     m = nb.m
@@ -59,6 +62,35 @@ async def _start_sequence(nb: RunContext) -> None:
     await _pull_data(nb)
 
     tuning = nb.inp.tuning
+    if nb.launch_waits:
+        nb.set_info(Info(message="launching the editor"))
+        try:
+            launch = await host_activity(
+                nb,
+                A.LAUNCH_EDITOR,
+                LaunchInput(
+                    ref=nb.ref,
+                    spec=nb.inp.spec,
+                    image=nb.inp.image,
+                    allocation=allocation,
+                    ready_timeout_s=tuning.ready_timeout_s,
+                    ready_path=ready_path(nb.inp.spec.editor),
+                ),
+                result_type=LaunchResult,
+                start_to_close=timedelta(minutes=5, seconds=tuning.ready_timeout_s),
+                attempts=tuning.launch_attempts,
+                failure_code=codes.LAUNCH_FAILED,
+            )
+        except ActivityFailed as failed:
+            # A container may be there unless the launch was refused before making one:
+            # the teardown stops it (a no-op when there is none).
+            nb.m.container_launched = failed.info.code not in _REFUSED_BEFORE_LAUNCH
+            raise
+        nb.m.container_launched = True
+        nb.status.container = launch.container
+        nb.status.endpoint = launch.url
+        return
+
     nb.set_info(Info(message="launching the editor container"))
     launch = await host_activity(
         nb,

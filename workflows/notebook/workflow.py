@@ -75,6 +75,7 @@ class NotebookWorkflow:
         nb = self._nb
         nb.keeps_data = workflow.patched(patches.KEEP_UNSAVED_DATA)
         nb.stop_wins = workflow.patched(patches.STOP_WINS_RACES)
+        nb.launch_waits = workflow.patched(patches.LAUNCH_WAITS_READY)
         if nb.closed is not None:
             # Search attributes and details say what __init__ decided (or a handler since).
             nb.transition(nb.status.state, nb.status.info)

@@ -67,6 +67,8 @@ from domain.messages import (
     DataSyncRequest,
     DeleteRequest,
     LabelsRequest,
+    LaunchInput,
+    LaunchResult,
     NotebookInput,
     PatchRequest,
     ReadyInput,
@@ -114,7 +116,7 @@ class Stage:
         # go, so that no activity outlives the recording).
         self.gates: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
         self.seen: list[Any] = []  # the inputs a scenario's own activities were given
-        made = [make(self) for make in overrides]
+        made = [fn for fn in (make(self) for make in overrides) if fn is not None]
         control, host = fake_activities(script)
         self._control = _replace(control, made)
         self._host = _replace(host, made)
@@ -394,7 +396,28 @@ def _editor_never_ready(st: Stage) -> Any:
     return wait_editor_ready
 
 
-@scenario("start-editor-not-ready", overrides=(_editor_never_ready,))
+def _launched_never_ready(st: Stage) -> Any:
+    """The same for launch_editor (patches.LAUNCH_WAITS_READY), where it exists: the
+    container is made, its editor never answers."""
+    name = getattr(A, "LAUNCH_EDITOR", None)
+    if name is None:
+        return None
+
+    @activity.defn(name=name)
+    async def launch_editor(inp: LaunchInput) -> LaunchResult:
+        st.script.calls["launch"] += 1
+        st.script.container_running = True
+        st.script.exited = asyncio.Event()
+        raise ApplicationError(
+            f"the editor did not answer within {inp.ready_timeout_s:.0f}s",
+            type=codes.EDITOR_NOT_READY,
+            non_retryable=True,
+        )
+
+    return launch_editor
+
+
+@scenario("start-editor-not-ready", overrides=(_editor_never_ready, _launched_never_ready))
 async def start_editor_not_ready(st: Stage) -> WorkflowHandle:
     """The container runs but the editor never answers: torn down (data pushed), ERROR."""
     handle = await st.create()
