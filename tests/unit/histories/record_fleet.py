@@ -26,7 +26,13 @@ from activities.fleet import FleetActivities
 from domain import fleet as F
 from domain.ids import CONTROL_TASK_QUEUE
 from domain.messages import FleetInput
-from workflows.fleet import FLEET_WORKFLOW_ID, GRANT_SIGNAL, FleetWorkflow
+from workflows.fleet import FleetWorkflow
+
+try:  # where the names live since the protocol module (issue 17)
+    from domain.protocol import FLEET_WORKFLOW_ID
+    from domain.protocol import SIGNAL_CAPACITY_GRANTED as GRANT_SIGNAL
+except ImportError:  # older checkouts
+    from workflows.fleet import FLEET_WORKFLOW_ID, GRANT_SIGNAL  # type: ignore[attr-defined,no-redef]
 
 WAITERS_QUEUE = "record-fleet-notebooks"
 CPU = "ai1-1-cpu"
