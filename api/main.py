@@ -16,6 +16,7 @@ from api import errors, gateway_routes
 from api.auth import Authenticator
 from api.browser_safety import ApiGuard
 from api.client import services
+from api.fast_reads import FastReads
 from api.gateway import Gateway
 from api.logs import LogService
 from api.routers import capabilities, fleet, health, notebooks, tokens, usage
@@ -63,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(capabilities.router)
     app.include_router(tokens.router)
     app.include_router(gateway_routes.router)
+    # Innermost of ours: behind the Host, origin and CORS handling like every route.
+    app.add_middleware(FastReads)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

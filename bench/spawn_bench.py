@@ -17,7 +17,11 @@ processes (Temporal, SeaweedFS, control worker, API, host agent, with their chil
 used during the concurrent starts, per start (psutil); the editors' own CPU is in their
 containers on both sides and is not counted.
 
-    python bench/spawn_bench.py [--rounds 6] [--concurrency 10] [--json out.json]
+Then the peer, JupyterHub 6 + DockerSpawner 14 on the same image (bench/hub_peer.py; its
+CPU is the hub process's), measured the same way.
+
+    python bench/spawn_bench.py [--rounds 6] [--concurrency 10] [--only cold|warm|hub]
+                                [--json out.json]
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from activities.runtime import editor_socket
 from activities.runtime.docker_runtime import POOL_LABEL
 from activities.runtime.warm_pool import SLOT_PREFIX
 from domain.config import JUPYTERLAB_IMAGE
-from worker.stack import Ports, Stack
+from worker.stack import Ports, Stack, free_port
 
 PROJECT = "bench"
 POLL_S = 0.05
@@ -122,22 +126,7 @@ def at_once(fn, n: int) -> tuple[float, list]:
 
 
 def cpu_seconds(stack: Stack) -> dict[str, float]:
-    used: dict[str, float] = {}
-    for name, proc in stack.procs.items():
-        try:
-            root = psutil.Process(proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        total = 0.0
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system + t.children_user + t.children_system
-            except psutil.NoSuchProcess:
-                pass
-        used[name] = total
-    return used
+    return {name: _tree_cpu(proc.pid) for name, proc in stack.procs.items()}
 
 
 def wait_pool_full(stack: Stack, size: int, client: docker.DockerClient) -> None:
@@ -211,20 +200,78 @@ def measure(kind: str, pool: int, args, out: dict) -> None:
     )
 
 
+def measure_hub(args, out: dict) -> None:
+    """The peer: JupyterHub 6 + DockerSpawner 14 on the same image (bench/hub_peer.py)."""
+    from bench.hub_peer import Hub
+
+    root = Path(tempfile.gettempdir()) / "ainb-spawn-bench-hub"
+    root.mkdir(exist_ok=True)
+    hub = Hub(args.image, root, free_port)
+    seq: dict[str, list[float]] = {"bare": [], "hub_answers": []}
+    try:
+        hub.stop(hub.spawn()[0])  # warm-up
+        for i in range(args.rounds):
+            order = ("bare", "hub") if i % 2 == 0 else ("hub", "bare")
+            for who in order:
+                if who == "bare":
+                    seq["bare"].append(bare(args.image))
+                else:
+                    user, answers = hub.spawn()
+                    seq["hub_answers"].append(answers)
+                    hub.stop(user)
+            print(f"hub round {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in seq.items()))
+        n = args.concurrency
+        bare_makespan, _ = at_once(lambda: bare(args.image), n)
+        before = _tree_cpu(hub.proc.pid)
+        makespan, results = at_once(hub.spawn, n)
+        cpu = _tree_cpu(hub.proc.pid) - before
+        for user, _ in results:
+            hub.stop(user)
+    finally:
+        hub.close()
+    out["hub"] = {
+        "sequential": seq,
+        "medians": {k: statistics.median(v) for k, v in seq.items()},
+        "concurrent": {"n": n, "bare_makespan": bare_makespan, "makespan": makespan,
+                       "answers": sorted(r[1] for r in results)},
+        "cpu_s": {"jupyterhub": cpu},
+        "cpu_s_per_start": cpu / n,
+    }  # fmt: skip
+    print(f"hub: {n} at once {makespan:.1f}s against {n} bare {bare_makespan:.1f}s; CPU {cpu:.1f}s")
+
+
+def _tree_cpu(pid: int) -> float:
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--image", default=JUPYTERLAB_IMAGE)
-    parser.add_argument("--only", choices=["cold", "warm"])
+    parser.add_argument("--only", choices=["cold", "warm", "hub"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     out: dict = {}
-    if args.only != "warm":
+    if args.only in (None, "cold"):
         measure("cold", 0, args, out)
-    if args.only != "cold":
+    if args.only in (None, "warm"):
         measure("warm", args.concurrency, args, out)
+    if args.only in (None, "hub"):
+        measure_hub(args, out)
 
     print(f"\n{'path':<16}{'median s':>10}{'min s':>8}{'max s':>8}")
     for kind in out.values():
@@ -234,8 +281,10 @@ def main() -> None:
             )
     for name, kind in out.items():
         m, c = kind["medians"], kind["concurrent"]
+        running = m.get(f"{name}_running")
+        to_running = f"{running / m['bare']:.2f}x" if running else "-"
         print(
-            f"{name}/bare: sequential to RUNNING {m[f'{name}_running'] / m['bare']:.2f}x, "
+            f"{name}/bare: sequential to RUNNING {to_running}, "
             f"answering {m[f'{name}_answers'] / m['bare']:.2f}x; {c['n']} at once "
             f"{c['makespan'] / c['bare_makespan']:.2f}x; platform CPU per start "
             f"{kind['cpu_s_per_start']:.2f} s"
