@@ -4,8 +4,9 @@ On the embedded stack with simulated hosts (runtime "sim": no container, so what
 measured is the control plane itself):
   * reads: ``--rate`` GETs per second (default 1,000), open loop, spread over ``--notebooks``
     RUNNING notebooks (default 100), for ``--seconds`` (default 60), while 10 notebooks
-    are started at once; the GETs' p50/p99 and the CPU-seconds every platform process
-    (Temporal, API, control worker, host agents; psutil) used per GET;
+    are started at once; the GETs' p50/p99 (from when each was due) and the CPU-seconds
+    every platform process (Temporal, API, control worker, host agents; psutil) used per
+    GET, less what the platform uses with nobody reading (measured just before);
   * the peer: the same notebooks read the way a GET read them before the status cache
     (a workflow query and a describe per read, through the Temporal client), at a tenth
     of the rate, for its CPU per read;
@@ -40,6 +41,7 @@ from worker.stack import Ports, Stack
 PROJECT = "bench"
 SPEC = {"framework": {"id": "python"}, "resources": {"flavor": "ai1-1-cpu", "cpu": 1}}
 HOSTS = 4
+CONNECTIONS = 32
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -109,39 +111,57 @@ async def _starts(api: httpx.AsyncClient, base: str, tag: str, n: int = 10) -> l
 
 
 async def _reads(
-    api: httpx.AsyncClient, base: str, ids: list[str], rate: float, seconds: float
+    stack: Stack, base: str, ids: list[str], rate: float, seconds: float
 ) -> tuple[list[float], int]:
-    """Open loop: ``rate`` GETs a second, round-robin over ``ids``; latencies, errors."""
+    """Open loop: ``rate`` GETs a second, round-robin over ``ids``; latencies (from when
+    each GET was due, so a backlog counts), errors. A lean HTTP/1.1 client on keep-alive
+    connections, like wrk: the load generator shares the machine's two cores with the
+    platform, and httpx would take more of them than the API does."""
+    host, port = "127.0.0.1", stack.ports.api
+    auth = f"Authorization: Bearer {stack.admin_token}\r\n"
+    requests = [
+        f"GET {base}/{nid} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode() for nid in ids
+    ]
+    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(CONNECTIONS):
+        idle.put_nowait(await asyncio.open_connection(host, port))
     latencies: list[float] = []
     errors = 0
-    tick = 0.01
-    per_tick = rate * tick
-    owed = 0.0
-    pending: set[asyncio.Task[None]] = set()
 
-    async def one(nid: str) -> None:
+    async def one(request: bytes, due: float) -> None:
         nonlocal errors
-        began = time.perf_counter()
-        r = await api.get(f"{base}/{nid}")
-        latencies.append(time.perf_counter() - began)
-        if r.status_code != 200:
-            errors += 1
+        reader, writer = await idle.get()
+        try:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - due)
+            if not head.startswith(b"HTTP/1.1 200"):
+                errors += 1
+        finally:
+            idle.put_nowait((reader, writer))
 
+    pending: set[asyncio.Task[None]] = set()
+    tick = 0.005
     began = time.perf_counter()
-    i = 0
-    next_tick = began
-    while time.perf_counter() - began < seconds:
-        owed += per_tick
-        while owed >= 1:
-            owed -= 1
-            task = asyncio.create_task(one(ids[i % len(ids)]))
+    sent = 0
+    while (now := time.perf_counter()) - began < seconds:
+        while sent < (now - began) * rate:
+            due = began + sent / rate
+            task = asyncio.create_task(one(requests[sent % len(requests)], due))
             pending.add(task)
             task.add_done_callback(pending.discard)
-            i += 1
-        next_tick += tick
-        await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))
+            sent += 1
+        await asyncio.sleep(tick)
     if pending:
         await asyncio.gather(*pending)
+    while not idle.empty():
+        _, writer = idle.get_nowait()
+        writer.close()
     return latencies, errors
 
 
@@ -197,12 +217,22 @@ async def run(stack: Stack, args: argparse.Namespace) -> dict:
             f"{args.rate:.0f} GETs/s for {args.seconds:.0f} s, 10 starts meanwhile...", flush=True
         )
         cpu = Cpu(stack)
+        # What the platform costs with nobody reading (heartbeats of 100 RUNNING
+        # notebooks, the hosts', the watchers' idle long polls): taken off the reads' bill.
+        idle_s = min(15.0, args.seconds / 4)
+        idle_before = cpu.total()
+        await asyncio.sleep(idle_s)
+        idle_rate = (cpu.total() - idle_before) / idle_s
         before = cpu.per_process()
-        reads = asyncio.create_task(_reads(api, base, ids, args.rate, args.seconds))
+        me = psutil.Process()
+        mine = me.cpu_times()
+        reads = asyncio.create_task(_reads(stack, base, ids, args.rate, args.seconds))
         await asyncio.sleep(min(5.0, args.seconds / 4))
         loaded = await _starts(api, base, "loaded")
         latencies, errors = await reads
         after = cpu.per_process()
+        spent = me.cpu_times()
+        generator = (spent.user + spent.system) - (mine.user + mine.system)
         used = {k: after[k] - before.get(k, 0.0) for k in after}
 
         print("the peer: a query and a describe per read...", flush=True)
@@ -213,7 +243,7 @@ async def run(stack: Stack, args: argparse.Namespace) -> dict:
         peer_cpu = cpu.total() - before_peer
 
     # the starts' own work is in `used` too: the bound below is an upper one
-    cpu_per_get = sum(used.values()) / max(1, len(latencies))
+    cpu_per_get = (sum(used.values()) - idle_rate * args.seconds) / max(1, len(latencies))
     peer_per_read = peer_cpu / max(1, peer_reads)
     result = {
         "notebooks": args.notebooks,
@@ -224,6 +254,8 @@ async def run(stack: Stack, args: argparse.Namespace) -> dict:
         "get_p50_ms": _pct(latencies, 50) * 1000,
         "get_p99_ms": _pct(latencies, 99) * 1000,
         "cpu_s_by_process": used,
+        "load_generator_cpu_s": generator,
+        "idle_platform_cpu_s_per_s": idle_rate,
         "cpu_ms_per_get": cpu_per_get * 1000,
         "peer_reads": peer_reads,
         "peer_cpu_ms_per_read": peer_per_read * 1000,
@@ -266,6 +298,10 @@ def main() -> None:
     print("CPU-seconds by process during the reads:")
     for name, used in sorted(result["cpu_s_by_process"].items(), key=lambda kv: -kv[1]):
         print(f"  {used:7.2f}  {name}")
+    print(
+        f"idle platform: {result['idle_platform_cpu_s_per_s']:.2f} CPU-s/s; load generator: "
+        f"{result['load_generator_cpu_s']:.1f} CPU-s"
+    )
     print(
         f"GET: p50 {result['get_p50_ms']:.1f} ms, p99 {result['get_p99_ms']:.1f} ms; "
         f"{result['cpu_ms_per_get']:.2f} ms of platform CPU per GET, against "
