@@ -119,6 +119,8 @@ class Bench:
         """Throughput and the control plane's share of time-to-RUNNING of one run."""
         starts = self.starts()
         overhead = [starts[nid] - sent for nid, sent in done if nid in starts]
+        by_id = {nid: starts[nid] - sent for nid, sent in done if nid in starts}
+        self.slowest = max(by_id, key=by_id.__getitem__) if by_id else None
         return {
             "notebooks": len(done),
             "seconds": elapsed,
@@ -126,7 +128,36 @@ class Bench:
             "overhead_p50_ms": 1000 * _percentile(overhead, 50),
             "overhead_p99_ms": 1000 * _percentile(overhead, 99),
             "overhead_mean_ms": 1000 * statistics.fmean(overhead) if overhead else float("nan"),
+            "overhead_ms": sorted(round(1000 * o) for o in overhead),
         }
+
+    def explain(self, nid: str) -> list[str]:
+        """The slowest notebook's history up to its launch: where its time went."""
+        import asyncio
+
+        from domain.config import Settings
+        from domain.ids import workflow_id
+        from temporal_client.connect import connect
+
+        async def history() -> list[str]:
+            client = await connect(Settings(temporal_address=self.stack.temporal_address))
+            events = [
+                e
+                async for e in client.get_workflow_handle(
+                    workflow_id(PROJECT, nid)
+                ).fetch_history_events()
+            ]
+            t0 = events[0].event_time.ToDatetime()
+            lines = []
+            for e in events:
+                at = (e.event_time.ToDatetime() - t0).total_seconds() * 1000
+                name = e.WhichOneof("attributes") or ""
+                lines.append(f"{at:8.0f} ms  {name.removesuffix('_event_attributes')}")
+                if "activity_task_started" in name and len(lines) > 12:
+                    break
+            return lines
+
+        return asyncio.run(history())
 
     def cleanup(self) -> None:
         ids = [n["id"] for n in self.api.get(self.base).json()]
@@ -180,6 +211,9 @@ def main() -> None:
             bench.cleanup()
             print(f"{args.notebooks} notebooks, {args.concurrency} in flight...", flush=True)
             concurrent = bench.run(args.notebooks, args.concurrency)
+            if bench.slowest:
+                print(f"the slowest of them ({bench.slowest}), from its workflow's start:")
+                print("\n".join(bench.explain(bench.slowest)))
             bench.cleanup()
             open_loop = []
             for rate in rates:
