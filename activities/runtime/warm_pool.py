@@ -35,11 +35,8 @@ import docker.errors
 
 from activities.paths import NotebookPaths
 from activities.runtime import editor_socket
-from activities.runtime.base import ContainerState, LaunchSpec
+from activities.runtime.base import ContainerState, LaunchSpec, Mount
 from activities.runtime.docker_runtime import (
-    HOST_LABEL,
-    INSTALLATION_LABEL,
-    MANAGED_LABEL,
     NOTEBOOK_LABEL,
     POOL_LABEL,
     PROJECT_LABEL,
@@ -114,7 +111,6 @@ class WarmPool:
         self._slots: dict[str, Slot] = {}
         # Slots a claim has taken and not finished: tidy() must not bring them back.
         self._claiming: set[str] = set()
-        self.claimed = 0
         # Called (from the claiming thread) after each claim: time to refill.
         self.on_claim: Callable[[], None] = lambda: None
 
@@ -124,19 +120,13 @@ class WarmPool:
         with self._lock:
             return list(self._slots.values())
 
-    def ready(self, image: str) -> int:
-        return sum(1 for s in self.slots() if s.image == image and s.ready)
-
     def socket(self, slot: str) -> Path:
         return self.root / slot / "run" / Path(EDITOR_SOCKET).name
 
     # ------------------------------------------------------------------ filling
 
     def _containers(self) -> list:
-        labels = [
-            f"{POOL_LABEL}",
-            *(f"{k}={v}" for k, v in self._runtime.scope.items()),
-        ]
+        labels = [POOL_LABEL, *(f"{k}={v}" for k, v in self._runtime.scope.items())]
         return self._runtime.client.containers.list(all=True, filters={"label": labels})
 
     def tidy(self) -> None:
@@ -204,7 +194,7 @@ class WarmPool:
                 "AINB_EDITOR_CLAIM_FILE": f"{EDITOR_RUN_DIR}/{CLAIM_FILE}",
                 "AINB_BASE_URL": "/",
             },
-            mounts=[_workspace_mount(slot_dir / "workspace")],
+            mounts=[Mount(source=slot_dir / "workspace", target=WORKSPACE)],
             workspace=slot_dir / "workspace",
             run_dir=slot_dir / "run",
             cpus=min(SLOT_CPUS, float(os.cpu_count() or 1)),
@@ -283,7 +273,6 @@ class WarmPool:
                     log.warning("warm slot %s could not be claimed (%s): dropped", slot.name, err)
                     self.drop(slot)
                     continue
-                self.claimed += 1
                 self.on_claim()
                 return self.finish(container, spec, paths)
             finally:
@@ -331,12 +320,6 @@ def is_claimed_slot(container) -> bool:
     return POOL_LABEL in container.labels and not container.name.startswith(SLOT_PREFIX)
 
 
-def _workspace_mount(source: Path):
-    from activities.runtime.base import Mount
-
-    return Mount(source=source, target=WORKSPACE)
-
-
 def _take_place(slot_tree: Path, target: Path) -> None:
     """Make the slot's directory (bound into the container) the notebook's ``target``,
     holding what ``target`` held. Resumable: a crash at any point leaves either the slot
@@ -369,16 +352,3 @@ def _write_claim(path: Path, doc: dict, uid: int, gid: int) -> None:
         os.fchown(f.fileno(), uid, gid)
         json.dump(doc, f)
     os.rename(tmp, path)
-
-
-__all__ = [
-    "CLAIM_FILE",
-    "HOST_LABEL",
-    "INSTALLATION_LABEL",
-    "MANAGED_LABEL",
-    "POOL_LABEL",
-    "WarmPool",
-    "claim_document",
-    "is_claimed_slot",
-    "misfit",
-]
