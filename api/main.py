@@ -97,10 +97,29 @@ class RedactTokens(logging.Filter):
         return True
 
 
+class QuietReads(logging.Filter):
+    """The `changes` access log: a read that succeeded (GET or HEAD answered below 400)
+    is logged at debug level, so dropped unless the logger is at debug. A logger's filter
+    runs before any handler formats: a dropped line costs next to nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn's access line: (client, method, path with query, HTTP version, status)
+        if isinstance(args, tuple) and len(args) == 5 and args[1] in ("GET", "HEAD"):
+            status = args[4]
+            if isinstance(status, int) and status < 400:
+                if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+                    return False
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 def main() -> None:
+    settings = Settings.load()
+    if settings.access_log == "changes":
+        logging.getLogger("uvicorn.access").addFilter(QuietReads())
     for name in ("uvicorn.access", "uvicorn.error"):
         logging.getLogger(name).addFilter(RedactTokens())
-    settings = Settings.load()
     settings.require_token_secret()  # before anything listens: a clear message, exit 1
     uvicorn.run(
         create_app(settings),

@@ -166,6 +166,8 @@ class Hub:
             headers={"Authorization": f"token {self.token}"},
             timeout=120,
         )
+        # The single-user servers' client, made once (as for ainb's: spawn_bench.browser).
+        self.browser = httpx.Client(headers={"Authorization": f"token {self.token}"}, timeout=30)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -186,9 +188,8 @@ class Hub:
         while not self.api.get(f"/users/{user}").json()["servers"].get("", {}).get("ready"):
             time.sleep(POLL_S)
         target = self._target(user)
-        with httpx.Client(headers={"Authorization": f"token {self.token}"}, timeout=30) as c:
-            while c.get(f"{target}/user/{user}/api/status").status_code != 200:
-                time.sleep(POLL_S)
+        while self.browser.get(f"{target}/user/{user}/api/status").status_code != 200:
+            time.sleep(POLL_S)
         return user, time.perf_counter() - began
 
     def _target(self, user: str) -> str:
@@ -203,6 +204,7 @@ class Hub:
 
     def close(self) -> None:
         self.api.close()
+        self.browser.close()
         self.proc.terminate()
         try:
             self.proc.wait(30)

@@ -227,6 +227,11 @@ class Settings(BaseSettings):
     # Origins whose pages may call the API from a browser (CORS); empty: none, and any
     # state-changing request a page of another origin makes is refused.
     cors_origins: list[str] = Field(default_factory=list)
+    # The API's access log. "changes": every write, refusal and error, and reads only at
+    # debug level (as JupyterHub does: a status page polling every notebook would fill the
+    # log and cost the API a sixth of its CPU); "all": every request. Writes are also in
+    # the audit log.
+    access_log: Literal["changes", "all"] = "changes"
     # TLS to Temporal (every client: API, control worker, host agents). Unset: plain, as
     # the embedded dev server on loopback wants.
     temporal_tls: TemporalTls | None = None

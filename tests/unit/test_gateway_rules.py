@@ -317,6 +317,29 @@ def test_editor_cookies_stay_on_the_notebooks_origin() -> None:
     assert downstream_cookie(b"a=1; Path=/; HttpOnly") == b"a=1; Path=/; HttpOnly"
 
 
+def test_changes_access_log_keeps_writes_and_errors_and_drops_good_reads() -> None:
+    import logging
+
+    from api.main import QuietReads
+
+    def line(method: str, status: int) -> logging.LogRecord:
+        return logging.LogRecord(
+            "ainb-test.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+            ("1.2.3.4:5", method, "/v1/projects/p/notebooks/n", "1.1", status), None,
+        )  # fmt: skip
+
+    quiet = QuietReads()
+    assert not quiet.filter(line("GET", 200)) and not quiet.filter(line("HEAD", 304))
+    assert quiet.filter(line("GET", 404)) and quiet.filter(line("GET", 500))
+    assert quiet.filter(line("POST", 201)) and quiet.filter(line("DELETE", 409))
+    logging.getLogger("ainb-test.access").setLevel(logging.DEBUG)
+    try:
+        debug = line("GET", 200)
+        assert quiet.filter(debug) and debug.levelname == "DEBUG"
+    finally:
+        logging.getLogger("ainb-test.access").setLevel(logging.NOTSET)
+
+
 def test_access_logs_never_hold_a_token() -> None:
     import logging
 
