@@ -24,4 +24,9 @@ STOP_WINS_RACES = "stop-wins-races"
 # (launch_editor) instead of two: one activity and one workflow task fewer per start.
 LAUNCH_WAITS_READY = "launch-waits-ready"
 
-ALL = (KEEP_UNSAVED_DATA, STOP_WINS_RACES, LAUNCH_WAITS_READY)
+# 2026-12: usage records are written to the ledger by a local activity (in the control
+# worker that runs the workflow) instead of one on the control task queue: at every
+# checkpoint, one marker instead of three activity events and a workflow task.
+USAGE_LOCAL = "usage-local"
+
+ALL = (KEEP_UNSAVED_DATA, STOP_WINS_RACES, LAUNCH_WAITS_READY, USAGE_LOCAL)

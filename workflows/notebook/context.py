@@ -57,10 +57,12 @@ class RunContext:
         self.ref = NotebookRef(project=inp.project, notebook_id=inp.notebook_id)
         # Set in run(): whether this run keeps unsaved data (patches.KEEP_UNSAVED_DATA)
         # and whether a stop wins its races (patches.STOP_WINS_RACES); the launch waits for
-        # the editor (patches.LAUNCH_WAITS_READY).
+        # the editor (patches.LAUNCH_WAITS_READY); usage records are written by a local
+        # activity (patches.USAGE_LOCAL).
         self.keeps_data = False
         self.stop_wins = False
         self.launch_waits = False
+        self.usage_local = False
         self.phase: asyncio.Task[Any] | None = None
         self.grant: Allocation | None = None
         self.sync_busy = False

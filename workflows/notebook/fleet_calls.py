@@ -26,6 +26,8 @@ S = NotebookState
 _FLEET_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=2)
 )
+# A ledger that is down is waited for, however long: a record is never dropped.
+_LEDGER_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 
 
 async def capacity(nb: RunContext) -> Allocation:
@@ -92,13 +94,24 @@ async def flush_usage(nb: RunContext) -> None:
     b = nb.billing
     while b.pending:
         try:
-            await workflow.execute_activity(
-                A.RECORD_USAGE,
-                b.pending[0],
-                task_queue=CONTROL_TASK_QUEUE,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
-            )
+            if nb.usage_local:
+                # The ledger is the control worker's own: no trip through a task queue.
+                # A worker lost mid-write leaves the workflow task to another, which
+                # writes again (a no-op by the record's key).
+                await workflow.execute_local_activity(
+                    A.RECORD_USAGE,
+                    b.pending[0],
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=_LEDGER_RETRY,
+                )
+            else:
+                await workflow.execute_activity(
+                    A.RECORD_USAGE,
+                    b.pending[0],
+                    task_queue=CONTROL_TASK_QUEUE,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=_LEDGER_RETRY,
+                )
         except ActivityError as err:
             # A stop cancelled the RUNNING phase during the write: the record stays
             # pending (the write is idempotent) and is written after the phase.

@@ -76,6 +76,7 @@ class NotebookWorkflow:
         nb.keeps_data = workflow.patched(patches.KEEP_UNSAVED_DATA)
         nb.stop_wins = workflow.patched(patches.STOP_WINS_RACES)
         nb.launch_waits = workflow.patched(patches.LAUNCH_WAITS_READY)
+        nb.usage_local = workflow.patched(patches.USAGE_LOCAL)
         if nb.closed is not None:
             # Search attributes and details say what __init__ decided (or a handler since).
             nb.transition(nb.status.state, nb.status.info)

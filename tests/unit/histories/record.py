@@ -755,32 +755,53 @@ async def push_retrying(st: Stage) -> WorkflowHandle:
 def _ledger_held(st: Stage) -> Any:
     @activity.defn(name=A.RECORD_USAGE)
     async def record_usage(record: UsageRecord) -> bool:
+        st.seen.append(record)
         await st.gates["ledger"].wait()
         return True
 
     return record_usage
 
 
+def _watch_held(st: Stage) -> Any:
+    """The first watch of the RUNNING phase answers "still running" when the scenario sets
+    the "watch" gate (heartbeating meanwhile); every later one at once."""
+
+    @activity.defn(name=A.WATCH_CONTAINER)
+    async def watch_container(inp: WatchInput) -> WatchResult:
+        st.seen.append(inp)
+        while not st.gates["watch"].is_set():
+            activity.heartbeat()
+            try:
+                await asyncio.wait_for(st.gates["watch"].wait(), 0.5)
+            except TimeoutError:
+                pass
+        return WatchResult(running=True)
+
+    return watch_container
+
+
 @scenario(
     "stop-racing-a-completion",
     script={"instant_watch": True},
-    overrides=(_ledger_held,),
+    overrides=(_watch_held,),
     sticky=False,
 )
 async def stop_racing_a_completion(st: Stage) -> WorkflowHandle:
     """A stop that reaches the workflow in one task with the completion of an activity
-    the RUNNING phase awaits (its usage write); then time passes the timeout.
+    the RUNNING phase awaits; then time passes the timeout.
 
     Up to 911a019 at least, the phase is handed the activity's result and the cancel is
     lost: the notebook stays STOPPING, its container watched, until its timeout stops it
     (TIMEOUT, not STOPPED_BY_USER). A fix changes the commands that follow such a stop,
     so it must keep this history replaying (workflow.patched). Since a01fc8b
-    (patches.STOP_WINS_RACES) the stop ends the phase: STOPPED STOPPED_BY_USER."""
+    (patches.STOP_WINS_RACES) the stop ends the phase: STOPPED STOPPED_BY_USER. Up to
+    edd1938 the completion was the usage write's (an activity on the control task queue);
+    since patches.USAGE_LOCAL that write is a local activity, so the watch's is."""
     handle = await st.create(timeout=600)
     await st.reach(handle, S.RUNNING)
-    await st.quiet(handle, busy=(A.RECORD_USAGE,))
+    await st.quiet(handle, busy=(A.WATCH_CONTAINER,))
     await st.workflows_down()
-    st.gates["ledger"].set()
+    st.gates["watch"].set()
     await st.quiet(handle, tasks=False)
     stopping = asyncio.create_task(handle.execute_update(NotebookWorkflow.stop, StopRequest()))
     await asyncio.sleep(1)  # the Update reaches the server before a worker takes the task
@@ -796,17 +817,26 @@ async def stop_racing_a_completion(st: Stage) -> WorkflowHandle:
 
 @scenario("stop-during-usage-write", script={"instant_watch": True}, overrides=(_ledger_held,))
 async def stop_during_usage_write(st: Stage) -> WorkflowHandle:
-    """A stop while the RUNNING phase writes usage to the ledger (that activity in flight).
+    """A stop while the RUNNING phase writes usage to the ledger (the write held).
 
     Up to 911a019 at least, the cancelled write's ActivityError escapes the phase and the
     workflow FAILS: closed, its status frozen at STOPPING, the container left running.
     Recorded so that a fix keeps replaying what such a closed workflow answers to queries
     (and to whatever revives it). Since a01fc8b (patches.STOP_WINS_RACES) the write is
-    cancelled with the phase: STOPPED STOPPED_BY_USER, the workflow running on."""
+    cancelled with the phase: STOPPED STOPPED_BY_USER, the workflow running on. Since
+    patches.USAGE_LOCAL the write is a local activity, inside a workflow task: the stop
+    reaches the workflow when the SDK heartbeats that task (most of its timeout later)."""
     handle = await st.create()
     await st.reach(handle, S.RUNNING)
-    await st.quiet(handle, busy=(A.RECORD_USAGE,))
-    await st.stop(handle, busy=(A.RECORD_USAGE,))
+    if _usage_local():
+        deadline = time.monotonic() + 30
+        while not any(isinstance(x, UsageRecord) for x in st.seen):
+            assert time.monotonic() < deadline, "the usage write never began"
+            await asyncio.sleep(0.05)
+        await handle.execute_update(NotebookWorkflow.stop, StopRequest())
+    else:
+        await st.quiet(handle, busy=(A.RECORD_USAGE,))
+        await st.stop(handle, busy=(A.RECORD_USAGE,))
     st.gates["ledger"].set()
     deadline = time.monotonic() + 30
     while True:
@@ -825,6 +855,11 @@ async def stop_during_usage_write(st: Stage) -> WorkflowHandle:
     if _stop_wins() and outcome != f"STOPPED {codes.STOPPED_BY_USER}":
         raise AssertionError(f"the stop during the usage write ended {outcome}")
     return handle
+
+
+def _usage_local() -> bool:
+    patches = getattr(workflows.notebook, "patches", None)
+    return hasattr(patches, "USAGE_LOCAL")
 
 
 def _stop_wins() -> bool:
