@@ -65,8 +65,14 @@ def test_a_terminated_running_notebook_is_saved_removed_and_shown(
     _terminate(stack, notebooks.project, nid)
     terminated = time.monotonic()
 
-    # At once: not RUNNING any more, not served.
-    nb = notebooks.get(nid).json()
+    # At once (as soon as the API's watch of the history hears of the close, which it does
+    # not before this process's next GET can ask): not RUNNING any more, not served.
+    nb = eventually(
+        lambda: (nb := notebooks.get(nid).json())["status"]["state"] != "RUNNING" and nb,
+        timeout=2,
+        interval=0.02,
+        what="the termination shown",
+    )
     assert nb["status"]["state"] == "ERROR", nb["status"]
     assert nb["status"]["info"]["code"] == "WORKFLOW_CLOSED", nb["status"]
     assert "terminated" in nb["status"]["info"]["message"]
