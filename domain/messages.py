@@ -39,6 +39,9 @@ class Tuning(BaseModel):
     workspace_checkpoint_s: float = 900.0
     # Continue-as-new past this many history events (Temporal warns at 10,240).
     max_history_events: int = 4000
+    # Tries of a usage write as a local activity (patches.USAGE_LOCAL; 1, 2, 4 s apart): a
+    # ledger that has not answered by then is waited for on the control task queue.
+    local_ledger_attempts: int = 4
 
 
 class RunSettings(BaseModel):

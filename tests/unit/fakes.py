@@ -59,6 +59,7 @@ class Script:
     held: set[str] = field(default_factory=set)  # notebooks holding fake capacity
     queue_requests: bool = False  # the fleet answers "queued" (the test grants by signal)
     ledger_writes: int = 0
+    ledger_down: bool = False  # every usage write fails (retryably) while set
 
     def billed(self, notebook_id: str | None = None) -> int:
         return sum(r.minutes for r in self.ledger.values() if notebook_id in (None, r.notebook_id))
@@ -229,6 +230,8 @@ def fake_activities(script: Script) -> tuple[list, list]:
     @activity.defn(name=A.RECORD_USAGE)
     async def record_usage(record: UsageRecord) -> bool:
         script.ledger_writes += 1
+        if script.ledger_down:
+            raise ApplicationError("the ledger does not answer", type="LEDGER_UNAVAILABLE")
         if record.key in script.ledger:
             return False
         script.ledger[record.key] = record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 from datetime import timedelta
@@ -177,3 +178,35 @@ async def test_usage_record_retries_are_harmless(env: WorkflowEnvironment) -> No
         assert (
             script.billed(nb.id) == nb.status.billed_minutes_total == 2
         )  # 90 s + a bit: 2 minutes
+
+
+async def test_a_ledger_that_does_not_answer_is_waited_for_on_the_queue(
+    env: WorkflowEnvironment,
+) -> None:
+    """A usage write is a local activity for a few tries; a ledger still down then is
+    waited for on the control task queue (its retries add nothing to the history), and
+    the minutes reach the ledger once it answers: none lost, none twice."""
+    script = Script(instant_watch=True, ledger_down=True)
+    async with harness(env, script) as h:
+        tuning = Tuning(heartbeat_timeout_s=5, host_pickup_timeout_s=5, local_ledger_attempts=2)
+        handle = await h.create(volumes=[], timeout=HOUR, tuning=tuning)
+        await h.reach(handle, S.RUNNING)
+
+        async def queued() -> bool:
+            events = (await handle.fetch_history()).events
+            return any(
+                e.activity_task_scheduled_event_attributes.activity_type.name == "record_usage"
+                for e in events
+                if e.HasField("activity_task_scheduled_event_attributes")
+            )
+
+        for _ in range(200):
+            if await queued():
+                break
+            await asyncio.sleep(0.05)
+        assert await queued(), "the write never went to the task queue"
+        assert not script.ledger and script.ledger_writes >= 2
+        script.ledger_down = False
+        await handle.execute_update(NotebookWorkflow.stop, StopRequest())
+        nb = await h.reach(handle, S.STOPPED)
+        assert script.billed(nb.id) == nb.status.billed_minutes_total >= 1

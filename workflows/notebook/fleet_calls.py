@@ -8,11 +8,12 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, CancelledError
+from temporalio.exceptions import ActivityError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from domain import activity_names as A
     from domain import codes
+    from domain.billing import UsageRecord
     from domain.fleet import Allocation, CapacityRequest, Decision, queued_message
     from domain.ids import CONTROL_TASK_QUEUE
     from domain.states import NotebookState
@@ -94,17 +95,8 @@ async def flush_usage(nb: RunContext) -> None:
     b = nb.billing
     while b.pending:
         try:
-            if nb.usage_local:
-                # The ledger is the control worker's own: no trip through a task queue.
-                # A worker lost mid-write leaves the workflow task to another, which
-                # writes again (a no-op by the record's key).
-                await workflow.execute_local_activity(
-                    A.RECORD_USAGE,
-                    b.pending[0],
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=_LEDGER_RETRY,
-                )
-            else:
+            attempts = nb.inp.tuning.local_ledger_attempts
+            if not (nb.usage_local and await _record_locally(b.pending[0], attempts)):
                 await workflow.execute_activity(
                     A.RECORD_USAGE,
                     b.pending[0],
@@ -119,3 +111,27 @@ async def flush_usage(nb: RunContext) -> None:
                 raise asyncio.CancelledError() from err
             raise
         b.pending.pop(0)
+
+
+async def _record_locally(record: UsageRecord, attempts: int) -> bool:
+    """The write as a local activity: the ledger is the control worker's own, so no trip
+    through a task queue (a worker lost mid-write leaves the workflow task to another,
+    which writes again: a no-op by the record's key). False when the ledger has not
+    answered in ``attempts`` tries: the write then waits on the control task queue, whose
+    retries add nothing to the history (a local activity's keep its workflow task open,
+    and the SDK heartbeats that task: three events every few seconds)."""
+    try:
+        await workflow.execute_local_activity(
+            A.RECORD_USAGE,
+            record,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(maximum_attempts=attempts),
+        )
+    except FailureError as err:
+        # A local activity's failure comes as the activity's own error, not always
+        # wrapped in an ActivityError as a task queue's does.
+        cause = err.cause if isinstance(err, ActivityError) else err
+        if isinstance(cause, CancelledError):
+            raise asyncio.CancelledError() from err  # a stop cancelled the phase
+        return False
+    return True

@@ -857,6 +857,50 @@ async def stop_during_usage_write(st: Stage) -> WorkflowHandle:
     return handle
 
 
+def _ledger_down(st: Stage) -> Any:
+    """Usage writes fail (retryably) until the scenario sets the "ledger-up" gate."""
+
+    @activity.defn(name=A.RECORD_USAGE)
+    async def record_usage(record: UsageRecord) -> bool:
+        st.seen.append(record)
+        if not st.gates["ledger-up"].is_set():
+            raise ApplicationError("the ledger does not answer", type="LEDGER_UNAVAILABLE")
+        return True
+
+    return record_usage
+
+
+@scenario(
+    "ledger-down",
+    script={"instant_watch": True},
+    needs=("Tuning.local_ledger_attempts",),
+    overrides=(_ledger_down,),
+)
+async def ledger_down(st: Stage) -> WorkflowHandle:
+    """The ledger does not answer the RUNNING phase's usage write: since patches.USAGE_LOCAL
+    the write is a local activity for a few tries, then waits on the control task queue
+    until the ledger is back; then stopped. Before, the queued write just retried."""
+    handle = await st.create(tuning={"local_ledger_attempts": 2})
+    await st.reach(handle, S.RUNNING)
+    deadline = time.monotonic() + 30
+    while not await _queued_write(handle):
+        assert time.monotonic() < deadline, "the usage write never went to the task queue"
+        await asyncio.sleep(0.05)
+    st.gates["ledger-up"].set()
+    await st.quiet(handle)
+    await st.stop(handle)
+    await st.reach(handle, S.STOPPED, codes.STOPPED_BY_USER)
+    return handle
+
+
+async def _queued_write(handle: WorkflowHandle) -> bool:
+    return any(
+        e.activity_task_scheduled_event_attributes.activity_type.name == A.RECORD_USAGE
+        for e in (await handle.fetch_history()).events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    )
+
+
 def _usage_local() -> bool:
     patches = getattr(workflows.notebook, "patches", None)
     return hasattr(patches, "USAGE_LOCAL")
