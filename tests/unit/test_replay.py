@@ -61,6 +61,7 @@ NOTEBOOK_SCENARIOS = (
     # Defects of the workflow up to 911a019 (see record.py): fixed, they must keep replaying.
     "stop-racing-a-completion",
     "stop-during-usage-write",
+    "ledger-down",
 )
 FLEET_SCENARIOS = (
     "fleet-grants",
