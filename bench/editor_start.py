@@ -162,7 +162,7 @@ def build_stock() -> None:
     try:
         subprocess.run(
             ["docker", "commit", "--change", 'ENTRYPOINT ["/usr/local/bin/ainb-editor"]',
-             "--change", "USER 1000:1000", name, STOCK_IMAGE],
+             "--change", "CMD []", "--change", "USER 1000:1000", name, STOCK_IMAGE],
             check=True, capture_output=True,
         )  # fmt: skip
     finally:
