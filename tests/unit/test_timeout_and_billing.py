@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import math
 from datetime import timedelta
@@ -14,6 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 from domain import codes
 from domain.messages import PatchRequest, StartRequest, StopRequest, Tuning
 from domain.states import NotebookState as S
+from tests.support import eventually_async
 from tests.unit.fakes import Script
 from tests.unit.harness import Harness, harness
 from workflows.notebook import NotebookWorkflow
@@ -200,11 +200,9 @@ async def test_a_ledger_that_does_not_answer_is_waited_for_on_the_queue(
                 if e.HasField("activity_task_scheduled_event_attributes")
             )
 
-        for _ in range(200):
-            if await queued():
-                break
-            await asyncio.sleep(0.05)
-        assert await queued(), "the write never went to the task queue"
+        await eventually_async(
+            queued, timeout=10, interval=0.05, what="the usage write on the task queue"
+        )
         assert not script.ledger and script.ledger_writes >= 2
         script.ledger_down = False
         await handle.execute_update(NotebookWorkflow.stop, StopRequest())
