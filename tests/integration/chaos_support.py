@@ -500,6 +500,7 @@ class Chaos:
     gap_s: tuple[float, float] = (6.0, 18.0)
     down_s: tuple[float, float] = (0.5, 4.0)
     events: list[str] = field(default_factory=list)
+    kills: int = 0  # completed kill-and-restart cycles
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     error: BaseException | None = None
@@ -528,6 +529,7 @@ class Chaos:
                 for name in names:
                     starters[name]()
                 self._note(f"restarted {'+'.join(names)}")
+                self.kills += 1
         except Exception as err:  # the test reads self.error
             self.error = err
             self._note(f"chaos failed: {err!r}")
