@@ -16,14 +16,14 @@ from domain import codes
 from domain.billing import UsageRecord
 from domain.config import Settings
 from domain.messages import DeleteWorkspaceInput
-from ledger.sqlite import SqliteLedger
+from ledger.usage import UsageLedger
 
 
 class ControlActivities:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._s3 = S3Clients(settings)
-        self._ledger = SqliteLedger(settings.ledger_file)
+        self._ledger = UsageLedger(settings.ledger)
 
     def activities(self) -> list:
         return [self.delete_workspace, self.record_usage]

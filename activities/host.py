@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.metrics import SYNC_BYTES, SYNC_FILES
 from activities.paths import NotebookPaths, host_dir, notebooks_dir
 from activities.runtime import editor_socket
 from activities.runtime.base import (
@@ -212,6 +213,8 @@ class HostActivities:
         except (StorageUnavailableError, StorageError) as err:
             raise ApplicationError(f"{what}: {err}", type=codes.STORAGE_UNAVAILABLE) from err
         note = stats.note if isinstance(stats, _NotedStats) else ""
+        SYNC_BYTES.labels(direction).inc(stats.bytes_done)
+        SYNC_FILES.labels(direction).inc(stats.files_done)
         return SyncResult(
             progress=SyncProgress(
                 direction=direction,

@@ -40,7 +40,7 @@ from domain.messages import LabelsRequest
 from domain.spec import NotebookSpec
 from domain.states import NotebookState
 from domain.status import Notebook
-from ledger.sqlite import SqliteLedger
+from ledger.usage import UsageLedger
 from temporal_client.connect import connect
 
 __all__ = ["Ainb", "ApiError", "Services", "services"]
@@ -58,7 +58,7 @@ class Services:
 def services(client: Client, settings: Settings) -> Services:
     fleet = FleetService(client, settings)
     notebooks = NotebookService(client, settings, fleet)
-    usage = UsageService(notebooks, SqliteLedger(settings.ledger_file))
+    usage = UsageService(notebooks, UsageLedger(settings.ledger))
     return Services(client, settings, fleet, notebooks, usage)
 
 

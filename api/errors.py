@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from ledger.engine import LedgerUnavailable
+
 
 class ApiError(Exception):
     def __init__(
@@ -120,6 +122,16 @@ def install(app: FastAPI) -> None:
             return Response(status_code=err.status_code, headers=headers)
         return JSONResponse(
             status_code=err.status_code, content={"error": str(err.detail)}, headers=headers
+        )
+
+    @app.exception_handler(LedgerUnavailable)
+    async def _ledger_down(_: Request, err: LedgerUnavailable) -> JSONResponse:
+        # Usage, tokens and the audit live there; the notebooks run on without it.
+        logging.getLogger("ainb.api").warning("the ledger did not answer: %s", err)
+        return JSONResponse(
+            status_code=503,
+            content={"error": "the ledger (usage, tokens, audit) did not answer; try again"},
+            headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(Exception)

@@ -12,16 +12,18 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import errors, gateway_routes
+from api import errors, gateway_routes, metrics
 from api.auth import Authenticator
 from api.browser_safety import ApiGuard
 from api.client import services
 from api.fast_reads import FastReads
 from api.gateway import Gateway
 from api.logs import LogService
+from api.metrics import RequestMetrics, Scrape
 from api.routers import capabilities, fleet, health, notebooks, tokens, usage
 from domain.config import Settings
 from ledger.access_store import AccessStore
+from ledger.usage import UsageLedger
 from temporal_client.connect import connect
 
 
@@ -39,9 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.fleet = svc.fleet
         app.state.service = svc.notebooks
         app.state.usage = svc.usage
-        app.state.auth = Authenticator(settings, AccessStore(settings.ledger_file))
+        app.state.auth = Authenticator(settings, AccessStore(settings.ledger))
         app.state.gateway = Gateway(svc.notebooks, settings, svc.fleet, svc.client, app.state.auth)
         app.state.logs = LogService(svc.notebooks, svc.fleet, settings)
+        app.state.scrape = Scrape(svc.client, svc.fleet, UsageLedger(settings.ledger))
         try:
             yield
         finally:
@@ -64,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(capabilities.router)
     app.include_router(tokens.router)
     app.include_router(gateway_routes.router)
+    app.include_router(metrics.router)
     # Innermost of ours: behind the Host, origin and CORS handling like every route.
     app.add_middleware(FastReads)
     if settings.cors_origins:
@@ -77,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ApiGuard, settings=settings)
     # Outermost: a notebook's origin is the gateway's whatever the path, never the API's.
     app.add_middleware(gateway_routes.NotebookOrigins)
+    app.add_middleware(RequestMetrics)
     return app
 
 

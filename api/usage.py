@@ -15,7 +15,7 @@ from api.service import NotebookService
 from domain.access import Principal, reaches
 from domain.billing import PeriodUsage, billed_minutes
 from domain.states import NotebookState
-from ledger.sqlite import SqliteLedger
+from ledger.usage import UsageLedger
 
 
 def _not_a_number(value: object) -> object:
@@ -74,7 +74,7 @@ class ProjectUsage(BaseModel):
 
 
 class UsageService:
-    def __init__(self, notebooks: NotebookService, ledger: SqliteLedger) -> None:
+    def __init__(self, notebooks: NotebookService, ledger: UsageLedger) -> None:
         self._notebooks = notebooks
         self._ledger = ledger
 

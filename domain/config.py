@@ -239,7 +239,15 @@ class Settings(BaseSettings):
     frameworks: dict[str, FrameworkEntry] = Field(default_factory=_default_frameworks)
     flavors: dict[str, Flavor] = Field(default_factory=_default_flavors)
 
-    # The usage ledger (embedded default: a SQLite file in the data directory).
+    # Where a worker (control worker, host agent) serves /metrics, host:port; unset: none.
+    # The API serves its own on its port, for admin tokens and `metrics_token`.
+    metrics_address: str | None = None
+    # A bearer token that may read the API's /metrics and nothing else (a scraper's).
+    metrics_token: SecretStr | None = None
+    # The ledger's database (usage records, API tokens, the audit log): sqlite:///<path>
+    # or postgresql://user:password@host:5432/db (shared by API replicas and control
+    # workers on other machines). Unset: a SQLite file, ledger_path or data_dir/ledger.sqlite.
+    ledger_url: SecretStr | None = None
     ledger_path: Path | None = None
     # Failpoint for crash tests: pause after a ledger write commits, before it is acknowledged.
     failpoint_after_ledger_write_s: float = 0.0
@@ -304,6 +312,13 @@ class Settings(BaseSettings):
         return self.ledger_path or self.data_dir / "ledger.sqlite"
 
     @property
+    def ledger(self) -> str:
+        """The ledger's URL (with its password: for the ledger's engine only, never logged)."""
+        if self.ledger_url is not None:
+            return self.ledger_url.get_secret_value()
+        return f"sqlite:///{self.ledger_file}"
+
+    @property
     def installation_id(self) -> str:
         """Tells this platform's containers from another's on a shared engine: the same
         for every process of one installation (same Temporal, namespace and data)."""
@@ -340,6 +355,30 @@ class Settings(BaseSettings):
         except KeyError:
             known = ", ".join(sorted(self.storage_aliases)) or "none"
             raise KeyError(f"unknown storage alias {alias!r} (configured: {known})") from None
+
+    @field_validator("ledger_url")
+    @classmethod
+    def _ledger_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked at load: a typo fails the process at start, not at the first billed minute.
+        if value is None:
+            return None
+        url = value.get_secret_value()
+        scheme, sep, rest = url.partition("://")
+        if scheme == "sqlite":
+            if not rest.startswith("/") or len(rest) < 2:
+                raise ValueError("ledger_url: expected sqlite:///<path>")
+        elif scheme in ("postgresql", "postgres"):
+            database = rest.partition("/")[2].partition("?")[0]
+            if not database and "dbname=" not in rest:
+                raise ValueError("ledger_url: a PostgreSQL URL must name its database")
+        else:
+            # The URL itself is not repeated: it may carry a password.
+            raise ValueError(
+                f"ledger_url: expected sqlite:///<path> or postgresql://..., got scheme {scheme!r}"
+                if sep
+                else "ledger_url: expected sqlite:///<path> or postgresql://..."
+            )
+        return value
 
     @field_validator("host_name")
     @classmethod

@@ -1,5 +1,5 @@
-"""API tokens and the audit log, in the ledger's database (the embedded default: the same
-SQLite file as the usage records). Only a token's hash is stored; its secret is shown once."""
+"""API tokens and the audit log, in the ledger's database (the same one as the usage
+records; tables made by ledger/migrations.py). Only a token's hash is stored; its secret is shown once."""
 
 from __future__ import annotations
 
@@ -11,36 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from domain.access import Role
-from ledger.sqlite import Database, timestamp
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_tokens (
-    id TEXT PRIMARY KEY,
-    project TEXT NOT NULL,
-    name TEXT NOT NULL,
-    role TEXT NOT NULL,
-    selector TEXT NOT NULL,
-    secret_hash TEXT NOT NULL,
-    created_by TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL,
-    last_used_at TEXT,
-    revoked_at TEXT
-);
-CREATE INDEX IF NOT EXISTS api_tokens_project ON api_tokens (project, created_at);
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    project TEXT NOT NULL,
-    notebook_id TEXT,
-    action TEXT NOT NULL,
-    token_id TEXT NOT NULL,
-    token_name TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    detail TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_time ON audit (project, at);
-"""
+from ledger.store import Store
 
 
 class StoredToken(BaseModel):
@@ -78,9 +49,7 @@ _TOKEN_COLUMNS = list(StoredToken.model_fields)
 _AUDIT_COLUMNS = list(AuditEntry.model_fields)
 
 
-class AccessStore(Database):
-    schema = _SCHEMA
-
+class AccessStore(Store):
     # ------------------------------------------------------------------ tokens
 
     def add(self, token: StoredToken) -> None:
@@ -89,7 +58,7 @@ class AccessStore(Database):
             db.execute(
                 f"INSERT INTO api_tokens ({', '.join(_TOKEN_COLUMNS)}) "
                 f"VALUES ({', '.join('?' for _ in _TOKEN_COLUMNS)})",
-                [row[c] for c in _TOKEN_COLUMNS],
+                [self._v(row[c]) for c in _TOKEN_COLUMNS],
             )
 
     def get(self, token_id: str) -> StoredToken | None:
@@ -112,33 +81,32 @@ class AccessStore(Database):
         with self._db() as db:
             db.execute(
                 "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                [timestamp(at), token_id],
+                [self._v(at), token_id],
             )
 
     def renew(self, token_id: str, expires_at: datetime) -> bool:
         with self._db() as db:
             cur = db.execute(
                 "UPDATE api_tokens SET expires_at = ? WHERE id = ? AND revoked_at IS NULL",
-                [timestamp(expires_at), token_id],
+                [self._v(expires_at), token_id],
             )
             return cur.rowcount == 1
 
     def touch(self, token_id: str, at: datetime) -> None:
         with self._db() as db:
             db.execute(
-                "UPDATE api_tokens SET last_used_at = ? WHERE id = ?", [timestamp(at), token_id]
+                "UPDATE api_tokens SET last_used_at = ? WHERE id = ?", [self._v(at), token_id]
             )
 
     # ------------------------------------------------------------------- audit
 
     def record(self, entry: AuditEntry) -> None:
-        row = entry.model_dump(mode="json")
-        row["at"] = timestamp(entry.at)
+        row = entry.model_dump()
         with self._db() as db:
             db.execute(
                 f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}) "
                 f"VALUES ({', '.join('?' for _ in _AUDIT_COLUMNS)})",
-                [row[c] for c in _AUDIT_COLUMNS],
+                [self._v(row[c]) for c in _AUDIT_COLUMNS],
             )
 
     def audit(
@@ -148,17 +116,15 @@ class AccessStore(Database):
             rows = db.execute(
                 f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM audit "
                 "WHERE project = ? AND at >= ? AND at < ? ORDER BY seq LIMIT ?",
-                [project, timestamp(start), timestamp(end), limit],
+                [project, self._v(start), self._v(end), limit],
             ).fetchall()
         return [AuditEntry.model_validate(dict(zip(_AUDIT_COLUMNS, r, strict=True))) for r in rows]
 
 
 def _token_row(token: StoredToken) -> dict:
-    row = token.model_dump(mode="json")
+    row = token.model_dump()
+    row["role"] = token.role.value
     row["selector"] = json.dumps(token.selector, sort_keys=True)
-    for key in ("created_at", "expires_at", "last_used_at", "revoked_at"):
-        value = getattr(token, key)
-        row[key] = timestamp(value) if value else None
     return row
 
 

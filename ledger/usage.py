@@ -1,81 +1,25 @@
-"""The embedded ledger: a SQLite file beside the Temporal database. A record's key is its
-primary key, so a retried write (an activity that ran twice) changes nothing. Production
-deployments put the same table in PostgreSQL; the queries are plain SQL."""
+"""The usage records. A record's key is its primary key, so a retried write (an activity
+that ran twice, or a connection lost after the commit) changes nothing."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 
 from domain.billing import UsageRecord
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage (
-    key TEXT PRIMARY KEY,
-    project TEXT NOT NULL,
-    notebook_id TEXT NOT NULL,
-    period INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    flavor TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    quantity INTEGER NOT NULL,
-    minutes INTEGER NOT NULL,
-    period_started_at TEXT NOT NULL,
-    recorded_at TEXT NOT NULL,
-    final INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_notebook ON usage (project, notebook_id, period, seq);
-CREATE INDEX IF NOT EXISTS usage_time ON usage (project, recorded_at);
-"""
+from ledger.store import Store
 
 _COLUMNS = list(UsageRecord.model_fields)
 
 
-@contextmanager
-def connect(path: Path) -> Iterator[sqlite3.Connection]:
-    """One connection to the ledger's database (the usage records, and the API tokens and
-    audit log of ledger/access_store.py), in autocommit mode."""
-    db = sqlite3.connect(path, timeout=30, isolation_level=None)
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # a record acknowledged is a record kept
-        yield db
-    finally:
-        db.close()
-
-
-class Database:
-    """A store in the ledger's database file: its tables made on first use."""
-
-    schema = ""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(self.schema)
-
-    def _db(self):
-        return connect(self.path)
-
-
-class SqliteLedger(Database):
-    schema = _SCHEMA
-
+class UsageLedger(Store):
     def record(self, rec: UsageRecord) -> bool:
         """Write a record once; False if its key was already there (a retry)."""
-        row = rec.model_dump(mode="json")
-        row["final"] = int(rec.final)
-        row["recorded_at"] = timestamp(rec.recorded_at)
-        row["period_started_at"] = timestamp(rec.period_started_at)
+        row = rec.model_dump()
         with self._db() as db:
             cur = db.execute(
-                f"INSERT OR IGNORE INTO usage ({', '.join(_COLUMNS)}) "
-                f"VALUES ({', '.join('?' for _ in _COLUMNS)})",
-                [row[c] for c in _COLUMNS],
+                f"INSERT INTO usage ({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in _COLUMNS)}) ON CONFLICT (key) DO NOTHING",
+                [self._v(row[c]) for c in _COLUMNS],
             )
             return cur.rowcount == 1
 
@@ -97,14 +41,21 @@ class SqliteLedger(Database):
                 "SELECT notebook_id, flavor, kind, SUM(minutes), SUM(minutes * quantity) FROM usage "
                 "WHERE project = ? AND recorded_at >= ? AND recorded_at < ? "
                 "GROUP BY notebook_id, flavor, kind ORDER BY notebook_id, flavor",
-                [project, timestamp(start), timestamp(end)],
+                [project, self._v(start), self._v(end)],
             ).fetchall()
         return [
-            {"notebook_id": n, "flavor": f, "kind": k, "minutes": m, "unit_minutes": um}
+            {"notebook_id": n, "flavor": f, "kind": k, "minutes": int(m), "unit_minutes": int(um)}
             for n, f, k, m, um in rows
         ]
 
-
-def timestamp(at: datetime) -> str:
-    """One fixed UTC format, so that text order is time order in SQL."""
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    def totals(self) -> list[dict]:
+        """Minutes per flavor over every project and all time (the metrics' counters)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT flavor, kind, SUM(minutes), SUM(minutes * quantity) FROM usage "
+                "GROUP BY flavor, kind ORDER BY flavor, kind"
+            ).fetchall()
+        return [
+            {"flavor": f, "kind": k, "minutes": int(m), "unit_minutes": int(um)}
+            for f, k, m, um in rows
+        ]

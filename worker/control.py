@@ -17,6 +17,7 @@ from domain.ids import CONTROL_TASK_QUEUE
 from domain.protocol import FLEET_WORKFLOW_ID
 from temporal_client import fleet_calls, revival
 from temporal_client.connect import connect
+from worker.metrics import start_metrics
 from worker.run import run_until_signalled, setup_logging
 from workflows.fleet import FleetWorkflow
 from workflows.notebook import NotebookWorkflow
@@ -70,7 +71,8 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 async def amain() -> None:
     settings = Settings.load()
     settings.require_token_secret()
-    client = await connect(settings)
+    metrics = start_metrics(settings.metrics_address)
+    client = await connect(settings, metrics.runtime if metrics else None)
     worker = build_worker(client, settings)
     # The worker must run for the fleet to take the configure update.
     configured = asyncio.create_task(ensure_fleet(client, settings))

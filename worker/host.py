@@ -20,6 +20,7 @@ from domain.ids import host_task_queue
 from temporal_client.connect import connect
 from worker.editor_tunnel import EditorTunnel
 from worker.log_server import LogServer
+from worker.metrics import start_metrics
 from worker.pool_keeper import PoolKeeper
 from worker.presence import Presence
 from worker.run import run_until_signalled, setup_logging
@@ -111,7 +112,8 @@ async def amain() -> None:
     state.chmod(0o700)  # notebooks' data: no other local user reads it
     runtime = choose_runtime(settings)
     log.info("host %s uses the %s runtime", settings.host_name, runtime.name)
-    client = await connect(settings)
+    metrics = start_metrics(settings.metrics_address)
+    client = await connect(settings, metrics.runtime if metrics else None)
     logs = LogServer(settings, runtime)
     tunnel = EditorTunnel(settings)
     serving_logs = asyncio.create_task(logs.serve())

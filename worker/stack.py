@@ -96,9 +96,17 @@ class Stack:
     # Simulated hosts (runtime "sim"): name -> AINB_* settings of that host's agent,
     # e.g. {"gpu-1": {"AINB_HOST_GPU_IDS": '["0","1"]', "AINB_HOST_GPU_MODEL": "sim"}}.
     sim_hosts: dict[str, dict[str, str]] = field(default_factory=dict)
+    # More host agents on the stack's runtime: name -> settings of that host's agent, e.g.
+    # {"second": {"DOCKER_HOST": "unix:///run/second.sock"}} for another Docker engine.
+    extra_hosts: dict[str, dict[str, str]] = field(default_factory=dict)
     # Children write to our stdout instead of log files (one component per container).
     log_to_stdout: bool = False
+    # The ledger's database (Settings.ledger_url); unset: data_dir/ledger.sqlite.
+    ledger_url: str | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # Each worker's /metrics (worker/metrics.py) on a loopback port of its own, kept across
+    # its restarts: name -> URL.
+    metrics_urls: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -160,6 +168,11 @@ class Stack:
         return f"http://127.0.0.1:{self.ports.api}"
 
     @property
+    def ledger(self) -> str:
+        """The ledger's URL, for a test that reads what the platform billed."""
+        return self.ledger_url or f"sqlite:///{self.data_dir / 'ledger.sqlite'}"
+
+    @property
     def temporal_address(self) -> str:
         return f"127.0.0.1:{self.ports.temporal}"
 
@@ -184,6 +197,8 @@ class Stack:
             "host_cpus": 32,
             "host_memory_gib": 128,
         }
+        if self.ledger_url:
+            config["ledger_url"] = self.ledger_url
         config = _merge(config, self.config_overrides)
         # It holds the S3 keys and the token secret: 0600, replaced whole.
         _write_private(self.config_path, json.dumps(config, indent=2), replace=True)
@@ -219,10 +234,15 @@ class Stack:
         self, name: str, argv: list[str], env: dict[str, str] | None = None
     ) -> subprocess.Popen:
         log = open(self.log_path(name), "ab")
+        extra = dict(env or {})
+        if argv[-1] in ("worker.control", "worker.host"):
+            url = self.metrics_urls.get(name) or f"http://127.0.0.1:{free_port()}/metrics"
+            self.metrics_urls[name] = url
+            extra.setdefault("AINB_METRICS_ADDRESS", url.split("/")[2])
         proc = subprocess.Popen(
             argv,
             cwd=ROOT,
-            env={**self.env(), **(env or {})},
+            env={**self.env(), **extra},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the stack, which stops children in order
@@ -332,7 +352,13 @@ class Stack:
         self._expect_alive("host-agent")
 
     def start_sim_host(self, name: str) -> None:
-        env = {"AINB_HOST_NAME": name, "AINB_RUNTIME": "sim", **self.sim_hosts.get(name, {})}
+        self._start_named_host(name, {"AINB_RUNTIME": "sim", **self.sim_hosts.get(name, {})})
+
+    def start_extra_host(self, name: str) -> None:
+        self._start_named_host(name, self.extra_hosts.get(name, {}))
+
+    def _start_named_host(self, name: str, env: dict[str, str]) -> None:
+        env = {"AINB_HOST_NAME": name, **env}
         self._spawn(f"host-{name}", [sys.executable, "-m", "worker.host"], env)
         self._expect_alive(f"host-{name}")
 
@@ -369,8 +395,10 @@ class Stack:
         self.start_host_agent()
         for name in self.sim_hosts:
             self.start_sim_host(name)
+        for name in self.extra_hosts:
+            self.start_extra_host(name)
         self.start_api()
-        self.wait_for_hosts([self.host_name, *self.sim_hosts])
+        self.wait_for_hosts([self.host_name, *self.sim_hosts, *self.extra_hosts])
 
     def _expect_alive(self, name: str) -> None:
         time.sleep(0.5)
@@ -384,6 +412,8 @@ class Stack:
         """Start one part (again) on the same ports, data and config; wait until ready."""
         if name.removeprefix("host-") in self.sim_hosts:
             return self.start_sim_host(name.removeprefix("host-"))
+        if name.removeprefix("host-") in self.extra_hosts:
+            return self.start_extra_host(name.removeprefix("host-"))
         getattr(self, "start_" + name.replace("-", "_"))()
 
     def _log(self, name: str):
@@ -406,8 +436,8 @@ class Stack:
 
     def stop(self) -> None:
         """Stop in reverse order of start, politely first."""
-        sims = [f"host-{name}" for name in self.sim_hosts]
-        for name in ["api", *sims, "host-agent", "control-worker", "s3", "temporal"]:
+        hosts = [f"host-{name}" for name in [*self.sim_hosts, *self.extra_hosts]]
+        for name in ["api", *hosts, "host-agent", "control-worker", "s3", "temporal"]:
             # SeaweedFS takes ~15 s to stop politely; what it acknowledged is on disk already.
             self.kill(name, signal.SIGTERM, grace_s=3 if name == "s3" else 30)
 

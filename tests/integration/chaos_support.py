@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from temporalio.client import Client, WorkflowHistory
 from activities.runtime.docker_runtime import MANAGED_LABEL, NOTEBOOK_LABEL, PROJECT_LABEL
 from domain.config import JUPYTERLAB_IMAGE, VSCODE_IMAGE
 from domain.ids import workflow_id, workspace_prefix
+from ledger.usage import UsageLedger
 from tests.integration.conftest import FAST_TIMINGS
 from tests.support import eventually
 from worker.stack import Ports, Stack
@@ -48,7 +48,12 @@ HTTP_TIMEOUT_S = 45
 
 @contextlib.contextmanager
 def own_stack(
-    data_dir: Path, docker_client: docker.DockerClient, project: str, env: dict[str, str]
+    data_dir: Path,
+    docker_client: docker.DockerClient,
+    project: str,
+    env: dict[str, str],
+    *,
+    ledger_url: str | None = None,
 ) -> Iterator[Stack]:
     """A whole stack on random ports and its own data directory; whatever containers of
     ``project`` are left at the end are removed (after the tests looked for them)."""
@@ -58,6 +63,7 @@ def own_stack(
         runtime="docker",
         extra_env={**BASE_ENV, **env},
         config_overrides={"frameworks": FRAMEWORKS},
+        ledger_url=ledger_url,
     )
     try:
         stack.start()
@@ -406,19 +412,13 @@ def ceil_minutes(start: datetime, end: datetime) -> int:
 
 
 def ledger_rows(stack: Stack, project: str) -> list[dict]:
-    # Read through SQLite on a connection closed at once (see test_billing.py: a plain
-    # open() of a database file this process also holds would drop its locks).
-    path = stack.data_dir / "ledger.sqlite"
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        db.row_factory = sqlite3.Row
-        rows = db.execute(
-            "SELECT * FROM usage WHERE project = ? ORDER BY notebook_id, period, seq", [project]
-        ).fetchall()
-    return [dict(r) for r in rows]
+    """What the platform billed, read through the ledger's own store (SQLite or
+    PostgreSQL, as the stack was configured), in notebook, period and seq order."""
+    return [r.model_dump() for r in UsageLedger(stack.ledger).records(project)]
 
 
-def _parse(ts: str) -> datetime:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+def _parse(ts: datetime | str) -> datetime:
+    return ts if isinstance(ts, datetime) else datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
 @dataclass

@@ -24,6 +24,7 @@ from activities.runtime.docker_runtime import (
 )
 from domain.config import JUPYTERLAB_IMAGE, PYTORCH_IMAGES, VSCODE_IMAGE
 from domain.ids import container_name
+from tests.pg_server import PgServer, server_bin
 from tests.support import eventually
 from worker.stack import Ports, Stack, free_port
 
@@ -72,6 +73,18 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client = docker.from_env()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One real PostgreSQL for the session; each user takes its own database."""
+    if server_bin() is None:
+        problem = "no PostgreSQL server: apt-get install postgresql"
+        if REQUIRE_DOCKER or os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL tests are required: {problem}")
+        pytest.skip(problem)
+    with PgServer.started() as pg:
+        yield pg
 
 
 @pytest.fixture(scope="session")

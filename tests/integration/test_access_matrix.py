@@ -5,8 +5,6 @@ page of another site (or a DNS-rebinding one) gets."""
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +16,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from ledger.engine import Engine
+from ledger.store import ledger_engine
 from tests.integration.conftest import Notebooks
 from tests.support import eventually
 from worker.stack import Stack
@@ -282,10 +282,9 @@ def test_state_changes_are_audited_by_token_never_by_secret(world: World) -> Non
     assert not any(t and t in str(entries) for t in world.tokens.values())
 
 
-def _db(stack: Stack) -> contextlib.closing[sqlite3.Connection]:
-    """Another process's write to the token store, on a connection closed right after."""
-    db = sqlite3.connect(stack.data_dir / "ledger.sqlite", timeout=30, isolation_level=None)
-    return contextlib.closing(db)
+def _db(stack: Stack) -> Engine:
+    """Another process's write to the token store, on the stack's ledger database."""
+    return ledger_engine(stack.ledger)
 
 
 CACHE_S = 5  # api.auth.TOKEN_CACHE_S: what another API process may take to notice
@@ -318,9 +317,13 @@ def test_revocation_and_expiry_take_effect_within_one_cache_interval(world: Worl
     for change in ("revoked_at", "expires_at"):
         token = _issue_with(world, "read")
         assert lister(token)() == 200
-        past = (datetime.now(UTC) - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        with _db(world.stack) as db:
-            db.execute(f"UPDATE api_tokens SET {change} = ? WHERE id = ?", [past, token[5:17]])
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        engine = _db(world.stack)
+        with engine.connect() as db:
+            db.execute(
+                f"UPDATE api_tokens SET {change} = ? WHERE id = ?",
+                [engine.value(past), token[5:17]],
+            )
         assert _status_until(lister(token), 401, CACHE_S + 2) <= CACHE_S + 1
 
 

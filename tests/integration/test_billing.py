@@ -3,21 +3,47 @@ a worker killed between a ledger write and its acknowledgement."""
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import sqlite3
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from domain.billing import billed_minutes
+from ledger.usage import UsageLedger
+from tests.integration.chaos_support import check_billing, own_stack
 from tests.integration.conftest import Notebooks
 from tests.support import eventually
 from worker.stack import Stack
 
 pytestmark = pytest.mark.docker
+
+# Every test here runs twice: billing to the embedded SQLite ledger and to PostgreSQL. A
+# checkpoint every 2 s and a short history make the workflows continue as new while
+# RUNNING, within a test's time.
+BILLING_ENV = {"AINB_CHECKPOINT_S": "2", "AINB_MAX_HISTORY_EVENTS": "150"}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def billed(request, tmp_path_factory, docker_client) -> Iterator[tuple[Stack, Notebooks]]:
+    project = f"bill-{uuid.uuid4().hex[:8]}"
+    url = request.getfixturevalue("pg_server").new_database() if request.param != "sqlite" else None
+    data = tmp_path_factory.mktemp(f"billing-{request.param}")
+    with own_stack(data, docker_client, project, BILLING_ENV, ledger_url=url) as stack:
+        with stack.api_client(timeout=60) as api:
+            yield stack, Notebooks(api, project, docker_client)
+
+
+@pytest.fixture
+def notebooks(billed) -> Notebooks:
+    return billed[1]
+
+
+@pytest.fixture
+def stack(billed) -> Stack:
+    return billed[0]
 
 
 def _usage(notebooks: Notebooks, nid: str) -> dict:
@@ -26,15 +52,9 @@ def _usage(notebooks: Notebooks, nid: str) -> dict:
     return r.json()
 
 
-def _final_record_written(ledger: Path, notebook_id: str) -> bool:
-    """Read through SQLite (a commit may still be in the WAL), on a connection closed at
-    once: a plain open() and close() of a database file this process also holds would
-    drop that process's SQLite locks."""
-    with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
-        row = db.execute(
-            "SELECT COUNT(*) FROM usage WHERE notebook_id = ? AND final = 1", [notebook_id]
-        ).fetchone()
-    return bool(row and row[0])
+def _final_record_written(stack: Stack, project: str, notebook_id: str) -> bool:
+    # Through the ledger's own store, on whichever database the stack bills to.
+    return any(r.final for r in UsageLedger(stack.ledger).records(project, notebook_id))
 
 
 def test_usage_and_patch(notebooks: Notebooks) -> None:
@@ -82,9 +102,8 @@ def test_killed_between_ledger_write_and_ack_counts_once(
     stack.extra_env["AINB_FAILPOINT_AFTER_LEDGER_WRITE_S"] = "30"
     stack.start_control_worker()
     assert notebooks.command(nid, "stop").status_code == 202
-    ledger = stack.data_dir / "ledger.sqlite"
     eventually(
-        lambda: _final_record_written(ledger, nid),
+        lambda: _final_record_written(stack, notebooks.project, nid),
         timeout=60,
         what="the final record to be written",
     )
@@ -135,3 +154,43 @@ def test_host_lost_is_billed_to_the_last_heartbeat(notebooks: Notebooks, stack: 
             c.remove(force=True)
     notebooks.delete(nid)
     notebooks.wait(nid, "DELETED")
+
+
+def test_continue_as_new_while_running_bills_every_minute_once(
+    notebooks: Notebooks, stack: Stack
+) -> None:
+    nb = notebooks.create(name="long-history")
+    nid = nb["id"]
+    notebooks.wait(nid, "RUNNING")
+    first_run = _run_id(stack, notebooks.project, nid)
+    # Checkpoints every 2 s grow the history past its limit: the workflow continues as new,
+    # carrying its billing meter whole into the next run.
+    eventually(
+        lambda: _run_id(stack, notebooks.project, nid) != first_run,
+        timeout=120,
+        interval=1,
+        what="the workflow to continue as new while RUNNING",
+    )
+    assert notebooks.get(nid).json()["status"]["state"] == "RUNNING"
+    assert notebooks.command(nid, "stop").status_code == 202
+    notebooks.wait(nid, "STOPPED")
+    [check] = check_billing(stack, notebooks.project, [nid])
+    assert not check.problems, (check.problems, check.events)
+    assert check.billed == check.expected >= 1
+    assert _usage(notebooks, nid)["total_minutes"] == check.billed
+    notebooks.delete(nid)
+    notebooks.wait(nid, "DELETED")
+
+
+def _run_id(stack: Stack, project: str, nid: str) -> str:
+    import asyncio
+
+    from temporalio.client import Client
+
+    from domain.ids import workflow_id
+
+    async def describe() -> str:
+        client = await Client.connect(stack.temporal_address)
+        return (await client.get_workflow_handle(workflow_id(project, nid)).describe()).run_id
+
+    return asyncio.run(describe())

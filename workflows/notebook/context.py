@@ -9,6 +9,8 @@ from typing import Any
 
 from temporalio import workflow
 
+from workflows.notebook import metrics
+
 with workflow.unsafe.imports_passed_through():
     from domain import codes
     from domain import search_attributes as sa
@@ -67,6 +69,18 @@ class RunContext:
         self.grant: Allocation | None = None
         self.sync_busy = False
         self.syncs_stopping = False
+        # Where the current start and its phase began (metrics only). A run that begins
+        # STARTING (created, or continued as new) takes the start's time from its status.
+        self.phase_began: tuple[str, datetime] | None = None
+        self.starting_since: datetime | None = None
+        last = self.m.status.transitions[-1] if self.m.status.transitions else None
+        if carry is None:  # created: its first STARTING
+            metrics.transition(inp.project, inp.spec.resources.flavor, S.STARTING.value, None)
+            self.starting_since = inp.created_at
+        elif self.m.status.state == S.STARTING and last is not None and last.state == S.STARTING:
+            self.starting_since = last.at
+        if self.starting_since is not None:
+            self.phase_began = ("queue", self.starting_since)
 
     @property
     def status(self) -> NotebookStatus:
@@ -86,6 +100,7 @@ class RunContext:
         self.set_info(info)
         if changed:  # a new info in the same state is not a transition
             self.record_transition(state, info)
+            self.count_transition(state, info)
         workflow.upsert_search_attributes(
             [
                 sa.STATE.value_set(state.value),
@@ -93,6 +108,28 @@ class RunContext:
             ]
         )
         self.publish_details()
+
+    def count_transition(self, state: NotebookState, info: Info) -> None:
+        flavor = self.inp.spec.resources.flavor
+        metrics.transition(self.ref.project, flavor, state.value, info.code)
+        now = workflow.now()
+        if state == S.STARTING:
+            self.starting_since = now
+            self.phase_began = ("queue", now)
+        elif state == S.RUNNING:
+            self.mark_phase(None, now)
+            if self.starting_since is not None:
+                metrics.time_to_running(flavor, self.starting_since, now)
+        else:
+            self.starting_since = self.phase_began = None
+
+    def mark_phase(self, phase: str | None, at: datetime | None = None) -> None:
+        """End the start's current phase and begin ``phase`` (None: the start is over)."""
+        at = at or workflow.now()
+        if self.phase_began is not None:
+            name, began = self.phase_began
+            metrics.start_phase(self.inp.spec.resources.flavor, name, began, at)
+        self.phase_began = (phase, at) if phase else None
 
     def record_transition(self, state: NotebookState, info: Info) -> None:
         kept = self.status.transitions[-(TRANSITIONS_KEPT - 1) :]

@@ -58,8 +58,10 @@ async def _start_sequence(nb: RunContext) -> None:
     nb.status.host = allocation.host
     gpus = f", GPUs {','.join(allocation.gpu_ids)}" if allocation.gpu_ids else ""
     nb.set_info(Info(message=f"placed on host {allocation.host}{gpus}; pulling data"))
+    nb.mark_phase("pull")
 
     await _pull_data(nb)
+    nb.mark_phase("launch")
 
     tuning = nb.inp.tuning
     if nb.launch_waits:
@@ -89,6 +91,8 @@ async def _start_sequence(nb: RunContext) -> None:
         nb.m.container_launched = True
         nb.status.container = launch.container
         nb.status.endpoint = launch.url
+        # One activity launched and waited: the container's start splits the two phases.
+        nb.mark_phase("ready", launch.started_at)
         return
 
     nb.set_info(Info(message="launching the editor container"))
@@ -106,6 +110,7 @@ async def _start_sequence(nb: RunContext) -> None:
     nb.status.endpoint = launch.url
 
     nb.set_info(Info(message="waiting for the editor to answer"))
+    nb.mark_phase("ready")
     await host_activity(
         nb,
         A.WAIT_EDITOR_READY,
