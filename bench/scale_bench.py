@@ -91,10 +91,18 @@ async def _create_all(api: httpx.AsyncClient, base: str, n: int, concurrency: in
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-async def _running(api: httpx.AsyncClient, base: str) -> int:
-    r = await api.get(base, params={"state": "RUNNING"})
-    r.raise_for_status()
-    return len(r.json())
+async def _running(stack: Stack) -> int:
+    # Counted by visibility, not the list endpoint: a list of 1,000 notebooks reads each
+    # one's status, which under this load takes longer than the count itself matters.
+    from domain.config import Settings
+    from temporal_client.connect import connect
+
+    client = await connect(Settings(temporal_address=stack.temporal_address))
+    found = await client.count_workflows(
+        f"NotebookProject = '{PROJECT}' AND NotebookState = 'RUNNING' "
+        "AND ExecutionStatus = 'Running'"
+    )
+    return found.count
 
 
 async def _history_lengths(stack: Stack, ids: list[str]) -> dict[str, int]:
@@ -125,7 +133,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict:
         began = time.monotonic()
         print(f"creating {args.notebooks} notebooks...", flush=True)
         ids = await _create_all(api, base, args.notebooks, args.concurrency)
-        while (n := await _running(api, base)) < args.notebooks:
+        while (n := await _running(stack)) < args.notebooks:
             print(f"  {n} RUNNING", flush=True)
             await asyncio.sleep(5)
         ramp = time.monotonic() - began
@@ -144,7 +152,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict:
         await asyncio.sleep(args.window)
         cpu1, rows1, t1 = _cpu(stack), _ledger_rows(stack), time.monotonic()
         events1 = await _history_lengths(stack, ids)
-        still = await _running(api, base)
+        still = await _running(stack)
 
     window = t1 - t0
     by_group: dict[str, float] = {}
