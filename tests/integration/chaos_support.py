@@ -54,16 +54,20 @@ def own_stack(
     env: dict[str, str],
     *,
     ledger_url: str | None = None,
+    config: dict | None = None,
+    extra_hosts: dict[str, dict[str, str]] | None = None,
 ) -> Iterator[Stack]:
     """A whole stack on random ports and its own data directory; whatever containers of
-    ``project`` are left at the end are removed (after the tests looked for them)."""
+    ``project`` are left at the end are removed (after the tests looked for them).
+    ``config`` is merged into its config file, ``extra_hosts`` are more host agents."""
     stack = Stack(
         data_dir,
         Ports.random(),
         runtime="docker",
         extra_env={**BASE_ENV, **env},
-        config_overrides={"frameworks": FRAMEWORKS},
+        config_overrides={"frameworks": FRAMEWORKS, **(config or {})},
         ledger_url=ledger_url,
+        extra_hosts=extra_hosts or {},
     )
     try:
         stack.start()

@@ -14,17 +14,16 @@ import pytest
 
 from domain.config import JUPYTERLAB_IMAGE
 from tests.integration.chaos_support import (
-    FRAMEWORKS,
     Api,
     Editor,
     Gone,
     managed_containers,
+    own_stack,
     running,
 )
-from tests.integration.conftest import FAST_TIMINGS
 from tests.integration.second_engine import Engine, describe, second_engine
 from tests.support import eventually
-from worker.stack import Ports, Stack
+from worker.stack import Stack
 
 pytestmark = pytest.mark.docker
 
@@ -48,30 +47,24 @@ def two_project() -> str:
 def two_hosts(
     tmp_path_factory, docker_client: docker.DockerClient, engine: Engine, two_project: str
 ) -> Iterator[Stack]:
-    stack = Stack(
+    env = {
+        # The fleet sees a silent host down within seconds, so nothing is placed there.
+        "AINB_HOST_HEARTBEAT_S": "1",
+        "AINB_HOST_DOWN_AFTER_S": "6",
+        "AINB_RECONCILE_INTERVAL_S": "5",
+    }
+    # The second engine's containers go with it (its fixture); own_stack removes the rest.
+    with own_stack(
         tmp_path_factory.mktemp("two-hosts"),
-        Ports.random(),
-        runtime="docker",
-        extra_env={
-            **FAST_TIMINGS,
-            # The fleet sees a silent host down within seconds, so nothing is placed there.
-            "AINB_HOST_HEARTBEAT_S": "1",
-            "AINB_HOST_DOWN_AFTER_S": "6",
-            "AINB_RECONCILE_INTERVAL_S": "5",
-        },
+        docker_client,
+        two_project,
+        env,
         # One ai1-1-cpu notebook fills a host: where the next one goes is the fleet's
         # only choice, and a full host is how a test keeps a notebook off it.
-        config_overrides={"frameworks": FRAMEWORKS, "host_cpus": 1, "host_memory_gib": 8},
+        config={"host_cpus": 1, "host_memory_gib": 8},
         extra_hosts={SECOND: {"DOCKER_HOST": engine.url}},
-    )
-    try:
-        stack.start()
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
-        # The second engine's containers go with it (its fixture); these are ours too.
-        for c in managed_containers(docker_client, two_project):
-            c.remove(force=True)
 
 
 @pytest.fixture()
