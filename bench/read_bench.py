@@ -32,6 +32,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.stack_cpu import Cpu
 from domain.config import Settings
 from domain.ids import workflow_id
 from temporal_client import notebook_calls
@@ -49,34 +50,6 @@ def _pct(values: list[float], q: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))]
-
-
-class Cpu:
-    """CPU-seconds of the stack's processes and their children, between two readings."""
-
-    def __init__(self, stack: Stack) -> None:
-        self._procs = [psutil.Process(p.pid) for p in stack.procs.values()]
-
-    def per_process(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for proc in self._procs:
-            try:
-                family = [proc, *proc.children(recursive=True)]
-                name = " ".join(proc.cmdline()[1:3])[-40:]
-            except psutil.Error:
-                continue
-            total = 0.0
-            for p in family:
-                try:
-                    t = p.cpu_times()
-                    total += t.user + t.system
-                except psutil.Error:
-                    pass
-            out[name] = total
-        return out
-
-    def total(self) -> float:
-        return sum(self.per_process().values())
 
 
 async def _create(api: httpx.AsyncClient, base: str, name: str) -> str:

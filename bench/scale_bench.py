@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.stack_cpu import Cpu
 from domain.messages import Tuning
 from worker.stack import Ports, Stack
 
@@ -45,26 +45,6 @@ SPEC = {"framework": {"id": "python"}, "resources": {"flavor": "ai1-1-cpu", "cpu
 HOSTS = 10
 TARGET_CORES = 1.0
 TARGET_EVENTS_PER_HOUR = 60
-
-
-def _cpu(stack: Stack) -> dict[str, float]:
-    """CPU-seconds so far of each stack process and its children."""
-    out: dict[str, float] = {}
-    for name, proc in stack.procs.items():
-        try:
-            root = psutil.Process(proc.pid)
-            family = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            continue
-        total = 0.0
-        for p in family:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        out[name] = total
-    return out
 
 
 def _group(name: str) -> str:
@@ -143,14 +123,14 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict:
         await asyncio.sleep(args.settle)
 
         cpu0, events0, rows0, t0 = (
-            _cpu(stack),
+            Cpu(stack).per_process(),
             await _history_lengths(stack, ids),
             _ledger_rows(stack),
             time.monotonic(),
         )
         print(f"measuring for {args.window} s...", flush=True)
         await asyncio.sleep(args.window)
-        cpu1, rows1, t1 = _cpu(stack), _ledger_rows(stack), time.monotonic()
+        cpu1, rows1, t1 = Cpu(stack).per_process(), _ledger_rows(stack), time.monotonic()
         events1 = await _history_lengths(stack, ids)
         still = await _running(stack)
 
